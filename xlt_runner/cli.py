@@ -1,8 +1,8 @@
 """Command-line entry points: ``xlt-run`` (the Hydra app) and ``xlt-report``.
 
 ``xlt-run`` first composes and validates every configuration the command line asks
-for (each value of each swept key), so a typo in a 500-job sweep fails in a second,
-before any job starts or any model is loaded. Then Hydra runs the job(s); a failed
+for (each value of each swept key; composition is cached, see composition.py), so a
+typo in a 500-job sweep fails before any job starts or any model is loaded. Then Hydra runs the job(s); a failed
 job of a multirun is recorded in its ``results.json`` and the sweep goes on, and the
 command exits nonzero at the end if any job failed.
 """
@@ -22,9 +22,9 @@ from omegaconf import DictConfig, OmegaConf
 from xlt_runner import config as _config  # noqa: F401  (registers schemas)
 from xlt_runner import identity as _identity  # noqa: F401  (registers the run_id resolver)
 from xlt_runner import methods as _methods  # noqa: F401  (registers every method's schema)
+from xlt_runner.composition import CONF_DIR, compose
 from xlt_runner.config import ConfigError
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 USER_ERROR_EXIT = 2
 log = logging.getLogger("xlt_runner")
 
@@ -79,15 +79,6 @@ def expand_variants(overrides: list[str]) -> list[list[str]]:
         for value in values[1:]:
             variants.append([f"{key}={value}" if item.split("=", 1)[0] == key else item for item in base])
     return variants
-
-
-def compose(overrides: list[str], config_name: str = "config", with_hydra: bool = False) -> DictConfig:
-    """Compose a run config like ``xlt-run`` would (Hydra's own section only if ``with_hydra``)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return hydra_compose(config_name=config_name, overrides=overrides, return_hydra_config=with_hydra)
 
 
 def config_sweep_overrides(overrides: list[str], config_name: str) -> list[str]:
