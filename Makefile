@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/eval_throughput.py
 	$(BIN)/python bench/train_overhead.py
 	$(BIN)/python bench/soft_prompt_throughput.py
+	$(BIN)/python bench/launch_overhead.py --jobs 50
 
 # Refresh constraints.txt from the current environment (after changing dependencies).
 lock:
