@@ -1,6 +1,7 @@
 """Cluster-scale behaviour through the CLI on a tiny model: preemption and resume,
 determinism, concurrent sweeps over one directory, failure containment under
-submitit_local, DDP evaluation on 2 CPU processes, launcher config composition."""
+submitit_local, detached sweeps, DDP evaluation on 2 CPU processes, launcher config
+composition."""
 from __future__ import annotations
 
 import json
@@ -129,6 +130,29 @@ def test_submitit_local_failure_is_contained_then_relaunch_reruns_only_it(synthe
     rerun = [k for k in after if after[k]["started_at"] != records[k]["started_at"]]
     assert rerun == [broken_dir.name]
     assert sorted(after[k]["attempt"] for k in rerun) == [2]
+
+
+def test_detach_returns_at_once_and_the_sweep_finishes_in_the_background(synthetic_data, shared_cache, tmp_path):
+    args = ["--detach", "-m", "seed=0,1", "method=head_only",
+            *tiny_run_args(synthetic_data, tmp_path, shared_cache, "sweep_name=bg", "trainer.max_steps=2")]
+    result = run_cli(args, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    pid = int(result.stdout.split("(pid ")[1].split(")")[0])
+    os.kill(pid, 0)  # the sweep is still running (it is still importing torch) when the command returns
+    sweep_dir = tmp_path / "sweeps" / "bg"
+    (log,) = sweep_dir.glob("xlt-run-*.log")
+    assert str(log) in result.stdout and f"xlt-report {sweep_dir}" in result.stdout
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and len([r for r in find_records(sweep_dir) if r["status"] == "complete"]) < 2:
+        time.sleep(1)
+    assert sorted(r["seed"] for r in find_records(sweep_dir)) == [0, 1]
+    assert log.read_text().count("test accuracy by group") == 2
+
+
+def test_detach_still_rejects_a_bad_config_in_the_foreground(tmp_path):
+    result = run_cli(["--detach", "-m", "seed=0,1", "method=head_onyl", f"paths.output_root={tmp_path}"], timeout=120)
+    assert result.returncode == 2 and "Did you mean method=head_only" in result.stderr
+    assert not list(tmp_path.rglob("xlt-run-*.log"))
 
 
 def test_ddp_on_two_cpu_processes_evaluates_like_one(reference, synthetic_data, shared_cache, tmp_path):

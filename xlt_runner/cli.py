@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+import os
 import re
 import sys
 from pathlib import Path
@@ -32,6 +33,7 @@ log = logging.getLogger("xlt_runner")
 _INFO_FLAGS = {"--cfg", "-c", "--help", "-h", "--hydra-help", "--info", "-i", "--shell-completion", "-sc",
                "--resolve", "-p", "--package"}
 _FAILED_JOBS: list[str] = []
+DETACH_FLAG = "--detach"  # xlt-run's own flag, not Hydra's
 
 
 # ------------------------------------------------------------------------ preflight
@@ -134,7 +136,7 @@ def preflight(argv: list[str]) -> None:
     except Exception as exc:
         _fail(f"cannot parse the overrides: {exc}")
     try:
-        if "-m" in argv or "--multirun" in argv:
+        if is_multirun(argv):
             overrides = overrides + config_sweep_overrides(overrides, config_name)
         variants = expand_variants(overrides)
     except Exception as exc:
@@ -198,6 +200,37 @@ def quiet_libraries() -> None:
         warnings.filterwarnings("ignore", message=pattern)
 
 
+def is_multirun(argv: list[str]) -> bool:
+    return "-m" in argv or "--multirun" in argv
+
+
+def output_dir(argv: list[str]) -> Path:
+    """Where the command writes: the sweep directory of a multirun, else the runs directory."""
+    overrides, config_name = _split_argv(argv)
+    cfg = compose(expand_variants(overrides)[0], config_name, with_hydra=True)
+    if is_multirun(argv):
+        return Path(OmegaConf.select(cfg, "hydra.sweep.dir"))
+    return Path(OmegaConf.select(cfg, "hydra.run.dir")).parent
+
+
+def detach(argv: list[str]) -> None:
+    """Run ``xlt-run argv`` in a new session in the background, its output in a log file
+    beside the runs, and return at once (``--detach``). The child survives the terminal's
+    closing; with a SLURM launcher it submits the jobs and then waits for them, as
+    hydra-submitit-launcher does, while the user's terminal is free."""
+    import subprocess
+    from datetime import datetime
+
+    where = output_dir(argv)
+    where.mkdir(parents=True, exist_ok=True)
+    log_path = where / f"xlt-run-{datetime.now():%Y%m%d-%H%M%S}-{os.getpid()}.log"
+    with open(log_path, "w", encoding="utf-8") as log_file:
+        child = subprocess.Popen([sys.executable, "-m", "xlt_runner", *argv], stdin=subprocess.DEVNULL,
+                                 stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+    print(f"xlt-run: running in the background (pid {child.pid}); output: {log_path}\n"
+          f"  progress: xlt-report {where}")
+
+
 def failed_records_since(argv: list[str], since: float) -> list[str]:
     """``run_dir: error`` of each record under this multirun's sweep directory that failed
     (or was preempted) in an attempt started at or after ``since`` (epoch seconds).
@@ -208,14 +241,8 @@ def failed_records_since(argv: list[str], since: float) -> list[str]:
     import json
     from datetime import datetime
 
-    overrides, config_name = _split_argv(argv)
-    try:
-        cfg = compose(expand_variants(overrides)[0], config_name, with_hydra=True)
-        sweep_dir = Path(OmegaConf.select(cfg, "hydra.sweep.dir"))
-    except Exception:  # the sweep ran, so composition works; be safe anyway
-        return []
     failed = []
-    for path in sorted(sweep_dir.glob("*/results.json")):
+    for path in sorted(output_dir(argv).glob("*/results.json")):
         try:
             record = json.loads(path.read_text(encoding="utf-8"))
             started = datetime.fromisoformat(record["started_at"]).timestamp()
@@ -228,16 +255,22 @@ def failed_records_since(argv: list[str], since: float) -> list[str]:
 
 
 def run_main() -> None:
-    """``xlt-run``: validate, then run (``-m`` sweeps over comma-separated values)."""
+    """``xlt-run``: validate, then run (``-m`` sweeps over comma-separated values;
+    ``--detach``: validate, then run in the background and return)."""
     import time
 
     quiet_libraries()
     argv = sys.argv[1:]
+    detached = DETACH_FLAG in argv
+    argv = [a for a in argv if a != DETACH_FLAG]
     preflight(argv)
+    if detached:
+        detach(argv)
+        return
     started = time.time()
     hydra_app()
     failed = list(_FAILED_JOBS)
-    if "-m" in argv or "--multirun" in argv:
+    if is_multirun(argv):
         def where(line: str) -> Path:
             return Path(line.split(":", 1)[0]).resolve()
         known = {where(line) for line in failed}

@@ -54,6 +54,11 @@ class CachingConfigLoader(ConfigLoaderImpl):
         self.hits = 0
         self.misses = 0
 
+    def __getstate__(self) -> dict:
+        """Pickled without the cache: submitit ships the launcher, and with it this loader,
+        to every job, which composes only its own point."""
+        return {**self.__dict__, "_templates": {}}
+
     def _shape(self, config_name: Optional[str], parsed: list[Override], run_mode: RunMode) -> Optional[tuple]:
         """The cache key of an override list, or None if it must not be cached."""
         items: list[tuple[str, str]] = []
