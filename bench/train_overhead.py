@@ -140,6 +140,7 @@ def main() -> None:
 
         def reset() -> None:
             method.load_state_dict(initial, strict=False)
+            method.zero_grad(set_to_none=True)  # a Lightning fit leaves its last step's gradients behind
             torch.manual_seed(args.seed)
             counter.reset()
 
