@@ -2,9 +2,9 @@
 
 ``xlt-run`` first composes and validates every configuration the command line asks
 for (each value of each swept key; composition is cached, see composition.py), so a
-typo in a 500-job sweep fails before any job starts or any model is loaded. Then Hydra runs the job(s); a failed
-job of a multirun is recorded in its ``results.json`` and the sweep goes on, and the
-command exits nonzero at the end if any job failed.
+typo in a 500-job sweep fails before any job starts or any model is loaded. Then Hydra
+runs the job(s); a failed job of a multirun is recorded in its ``results.json`` and the
+sweep goes on, and the command exits nonzero at the end if any job failed.
 """
 from __future__ import annotations
 

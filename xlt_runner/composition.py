@@ -21,6 +21,7 @@ see ``hydra_plugins/xlt_runner_sweeper``); ``xlt-run``'s preflight uses it too.
 from __future__ import annotations
 
 import copy
+import functools
 from pathlib import Path
 from typing import Any, Optional
 
@@ -60,7 +61,8 @@ class CachingConfigLoader(ConfigLoaderImpl):
         return {**self.__dict__, "_templates": {}}
 
     def _shape(self, config_name: Optional[str], parsed: list[Override], run_mode: RunMode) -> Optional[tuple]:
-        """The cache key of an override list, or None if it must not be cached."""
+        """The cache key of an override list, or None if it must not be cached: per override,
+        ``("group", line)``, ``("fixed", line)`` (``hydra.*``, non-scalar) or ``("scalar", key)``."""
         items: list[tuple[str, str]] = []
         for o in parsed:
             if o.is_sweep_override() or o.is_add() or o.is_force_add() or o.is_delete() or o.package is not None:
@@ -68,7 +70,9 @@ class CachingConfigLoader(ConfigLoaderImpl):
             key = o.key_or_group
             if key.startswith("hydra.searchpath"):
                 return None
-            if self.repository.group_exists(key) or key.startswith("hydra") or not isinstance(o.value(), _SCALARS):
+            if self.repository.group_exists(key):
+                items.append(("group", str(o.input_line)))
+            elif key.startswith("hydra") or not isinstance(o.value(), _SCALARS):
                 items.append(("fixed", str(o.input_line)))
             else:
                 items.append(("scalar", key))
@@ -88,11 +92,12 @@ class CachingConfigLoader(ConfigLoaderImpl):
                 self._templates[shape] = _Template(cfg, n_hydra, len(parsed) - n_hydra)
             return cfg
         self.hits += 1
-        return self._from_template(template, parsed)
+        kinds = [kind for kind, _ in shape[2:]]
+        return self._from_template(template, [o for o, kind in zip(parsed, kinds) if kind != "group"], parsed)
 
-    def _from_template(self, template: _Template, parsed: list[Override]) -> DictConfig:
+    def _from_template(self, template: _Template, config_overrides: list[Override],
+                       parsed: list[Override]) -> DictConfig:
         cfg = copy.deepcopy(template.cfg)
-        config_overrides = [o for o in parsed if not self.repository.group_exists(o.key_or_group)]
         try:
             self._apply_overrides_to_config(config_overrides, cfg)
         except OmegaConfBaseException as exc:
@@ -107,19 +112,15 @@ class CachingConfigLoader(ConfigLoaderImpl):
         return cfg
 
 
-_LOADERS: dict[str, CachingConfigLoader] = {}
-
-
-def project_loader(conf_dir: Path = CONF_DIR) -> CachingConfigLoader:
-    """The process-wide caching loader over ``conf_dir`` (created on first use)."""
+@functools.cache
+def project_loader() -> CachingConfigLoader:
+    """The process-wide caching loader over conf/ (created on first use)."""
     from hydra._internal.utils import create_config_search_path
 
-    from xlt_runner import config, methods  # noqa: F401  (register the schemas the YAML files extend)
+    # the schemas the YAML files extend, and the run_id resolver of hydra.run/sweep dirs
+    from xlt_runner import config, identity, methods  # noqa: F401
 
-    key = str(conf_dir)
-    if key not in _LOADERS:
-        _LOADERS[key] = CachingConfigLoader(create_config_search_path(key))
-    return _LOADERS[key]
+    return CachingConfigLoader(create_config_search_path(str(CONF_DIR)))
 
 
 def compose(overrides: list[str], config_name: str = "config", with_hydra: bool = False) -> DictConfig:
