@@ -105,11 +105,11 @@ def test_welch_matches_scipy():
 def test_collect_runs_and_cells(sweep_root):
     with pytest.warns(UserWarning, match="unreadable"):
         runs = report.collect_runs(sweep_root)
-    assert len(runs) == 8
-    assert runs["status"].value_counts().to_dict() == {"complete": 6, "running": 1, "failed": 1}
+    assert len(runs) == 9
+    assert runs["status"].value_counts().to_dict() == {"complete": 6, "running": 1, "failed": 1, "unreadable": 1}
     assert runs.groupby("method")["cell"].nunique().eq(1).all()  # seeds share a cell
     assert runs["cell"].nunique() == 3
-    assert set(runs["cell_label"]) == {"head_only", "full_ft", "lora"}
+    assert set(runs["cell_label"]) == {"head_only", "full_ft", "lora", report.UNREADABLE_CELL}
 
 
 def test_cells_differing_in_config_get_distinct_labels(tmp_path):
@@ -161,7 +161,8 @@ def test_sweep_status_counts(sweep_root):
     assert summary.loc["method=head_only", ["done", "running", "failed", "missing"]].tolist() == [3, 0, 0, 0]
     assert summary.loc["method=full_ft", ["done", "running", "failed", "missing"]].tolist() == [2, 0, 0, 1]
     assert summary.loc["method=lora", ["done", "running", "failed", "missing"]].tolist() == [1, 1, 1, 0]
-    assert summary["total"].sum() == 9
+    assert summary.loc[report.UNREADABLE_CELL, ["unreadable", "total"]].tolist() == [1, 1]
+    assert summary["total"].sum() == 10
     missing = status.runs[status.runs["status"] == "missing"]
     assert missing["overrides"].tolist() == ["method=full_ft seed=2"]
 

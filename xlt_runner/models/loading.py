@@ -3,9 +3,15 @@
 The model is returned on the CPU in eval mode: placement is Lightning's job. ``cfg.device``
 is for code that runs outside Lightning's loops (the language-ID probe, pipelines): see
 :func:`resolve_device`.
+
+A Hub model that is not in the Hugging Face cache fails fast instead of retrying for about a
+minute: at once in offline mode (``HF_HUB_OFFLINE``/``TRANSFORMERS_OFFLINE``), else after one
+request to the Hub with a :data:`HUB_CHECK_TIMEOUT_S` timeout. With
+``model.trust_remote_code=true`` the loader first prints which code that lets transformers run.
 """
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from dataclasses import dataclass
@@ -18,6 +24,9 @@ from xlt_runner.config import ConfigError, ModelConfig
 
 KINDS = ("encoder", "decoder", "seq2seq")
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+#: Seconds the one reachability request to the Hub may take (connect, and again for the answer).
+HUB_CHECK_TIMEOUT_S = 3.0
+_PACKAGED_HINT = "use a packaged model (model.packaged=me5_small|smollm2_135m|gemma3_270m)"
 
 
 @dataclass
@@ -138,6 +147,7 @@ _AUTO_CLASSES = {"encoder": "AutoModel", "decoder": "AutoModelForCausalLM", "seq
 
 
 def _from_pretrained(cfg: ModelConfig, location: str, dtype: torch.dtype, **model_kwargs):
+    """Tokenizer and model from ``location``, a local directory or a Hub repo id."""
     import transformers
 
     auto_class = getattr(transformers, _AUTO_CLASSES[cfg.kind])
@@ -146,18 +156,107 @@ def _from_pretrained(cfg: ModelConfig, location: str, dtype: torch.dtype, **mode
         common["revision"] = cfg.revision
     if "gguf_file" in model_kwargs:
         common["gguf_file"] = model_kwargs.pop("gguf_file")
+    on_hub = not os.path.isdir(location)
+    load_from = (_cached_snapshot_if_hub_unreachable(location, cfg.revision, common.get("gguf_file")) if on_hub
+                 else None) or location
+    if cfg.trust_remote_code:
+        print(f"[xlt-run] {_remote_code_notice(location, cfg.revision)}")
     try:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(location, **common)
-        model = auto_class.from_pretrained(location, dtype=dtype, **common, **model_kwargs)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(load_from, **common)
+        model = auto_class.from_pretrained(load_from, dtype=dtype, **common, **model_kwargs)
     except OSError as error:
-        if os.path.isdir(location):
+        if not on_hub:
             raise
         raise ConfigError(
-            f"could not load {location!r} from the Hugging Face Hub ({error}). The Hub may be unreachable from "
-            f"here, and there is no local directory {os.path.abspath(location)}: point model.pretrained at a local directory with the model, use a model shipped in a package "
-            "(model.packaged=me5_small|smollm2_135m|gemma3_270m), or set HF_HUB_OFFLINE=1 with the model already "
-            "in the Hugging Face cache (HF_HOME).") from error
+            f"could not load {location!r} from the Hugging Face Hub ({error}). Check the id and model.revision "
+            "(and, for a gated or private model, that HF_TOKEN grants access), point model.pretrained at a local "
+            f"directory holding config.json and the weights, or {_PACKAGED_HINT}.") from error
     return model, tokenizer
+
+
+def _cached_snapshot_if_hub_unreachable(repo_id: str, revision: str | None, gguf_file: str | None) -> str | None:
+    """Check, before any download, that Hub repo ``repo_id`` can be loaded.
+
+    The model counts as cached when its ``config.json`` (its GGUF file, with ``gguf_file``) is in
+    the Hugging Face cache. Returns None to load through the Hub as usual (it answered, or offline
+    mode is on and the model is cached: transformers then reads the cache), or the cached
+    snapshot directory to load from when the Hub does not answer. Raises ConfigError at once
+    when the model is not cached and offline mode is on or the Hub does not answer one request
+    within :data:`HUB_CHECK_TIMEOUT_S`.
+    """
+    from huggingface_hub import constants, is_offline_mode, try_to_load_from_cache
+
+    cached_file = try_to_load_from_cache(repo_id, gguf_file or "config.json", revision=revision)
+    cached = isinstance(cached_file, str)
+    what = f"model.pretrained={repo_id!r}" + (f" (model.gguf_file={gguf_file!r})" if gguf_file else "")
+    not_here = f"is not a local directory and is not in the Hugging Face cache ({constants.HF_HUB_CACHE})"
+    if is_offline_mode():
+        if cached:
+            return None
+        raise ConfigError(
+            f"{what} {not_here}, and the Hugging Face Hub is switched off (offline mode: HF_HUB_OFFLINE or "
+            "TRANSFORMERS_OFFLINE is set), so there is nothing to load. Point model.pretrained at a local directory "
+            f"holding config.json and the weights, {_PACKAGED_HINT}, or download the model into the cache once "
+            f"where the Hub is reachable (e.g. `hf download {repo_id}` with the same HF_HOME).")
+    problem = _hub_unreachable_reason()
+    if problem is None:
+        return None
+    if cached:  # a directory, not local_files_only: transformers still asks the Hub for some files then
+        snapshot = os.path.dirname(cached_file)
+        print(f"[xlt-run] the Hugging Face Hub is unreachable ({problem}); "
+              f"loading {repo_id} from the cache ({snapshot})")
+        return snapshot
+    raise ConfigError(
+        f"cannot reach the Hugging Face Hub at {constants.ENDPOINT} ({problem}) to download {what}, which "
+        f"{not_here}. Point model.pretrained at a local directory holding config.json and the weights, "
+        f"{_PACKAGED_HINT}, or download the model into the cache where the Hub is reachable and run with "
+        "HF_HUB_OFFLINE=1 (which also skips this check).")
+
+
+def _hub_unreachable_reason() -> str | None:
+    """Why one HEAD request to the Hub endpoint (through huggingface_hub's session, so with its
+    proxy settings) got no answer within :data:`HUB_CHECK_TIMEOUT_S`; None when it answered
+    (any HTTP status)."""
+    from huggingface_hub import constants, get_session
+
+    try:
+        get_session().head(constants.ENDPOINT, timeout=HUB_CHECK_TIMEOUT_S)
+    except Exception as exc:  # whatever the HTTP library raises (DNS, refused, timeout, TLS, proxy): no answer
+        return f"{type(exc).__name__}: {str(exc) or f'no answer within {HUB_CHECK_TIMEOUT_S:g} s'}"
+    return None
+
+
+def _remote_code_notice(location: str, revision: str | None) -> str:
+    """Which code ``trust_remote_code`` lets transformers run for ``location`` (local directory or
+    Hub repo): the source, the revision and the Python modules named by ``auto_map`` in its
+    ``config.json`` when that file is available locally."""
+    if os.path.isdir(location):
+        source = f"the local directory {os.path.abspath(location)}"
+        config_path = os.path.join(location, "config.json")
+    else:
+        from huggingface_hub import try_to_load_from_cache
+
+        source = f"the Hub repo {location} at revision {revision or 'main'}"
+        config_path = try_to_load_from_cache(location, "config.json", revision=revision)
+    notice = f"model.trust_remote_code=true: transformers may run Python code from {source}"
+    try:
+        with open(config_path, encoding="utf-8") as handle:
+            auto_map = json.load(handle).get("auto_map") or {}
+    except (TypeError, OSError, ValueError, AttributeError):  # not cached (TypeError: no path), unreadable, not a dict
+        return (f"{notice}; its config.json is not available here yet, so the modules it names (auto_map) are "
+                "not known before download: pin model.revision to a commit you have reviewed")
+    modules = sorted({_auto_map_module(reference) for value in auto_map.values()
+                      for reference in (value if isinstance(value, list) else [value]) if reference})
+    if not modules:
+        return f"{notice}; its config.json names no custom code (no auto_map)"
+    return f"{notice}: {', '.join(modules)} (config.json auto_map)"
+
+
+def _auto_map_module(reference: str) -> str:
+    """``"modeling_x.Cls"`` -> ``"modeling_x.py"``; ``"org/repo--modeling_x.Cls"`` -> ``"org/repo:modeling_x.py"``."""
+    repo, _, class_path = reference.rpartition("--")
+    module = class_path.rpartition(".")[0].replace(".", "/") + ".py"
+    return f"{repo}:{module}" if repo else module
 
 
 def _backbone(cfg: ModelConfig, model, tokenizer, source: str) -> Backbone:

@@ -1,9 +1,11 @@
 """The run record: ``<run_dir>/results.json`` and its per-language CSV companion.
 
 A record is written at the start of a run (``status="running"``), and rewritten when the
-run ends (``"complete"`` or ``"failed"``). Every write is atomic (temporary file in the
-same directory, fsync, ``os.replace``), so a reader never sees half a file and a crash
-leaves either the old record or the new one. Only ``"complete"`` records count as
+run ends (``"complete"`` or ``"failed"``). Every write is atomic (:func:`atomic_path`:
+temporary file in the same directory, fsync, ``os.replace``), so a reader never sees half a
+file and a crash leaves either the old record or the new one. Files get the permissions the
+process umask allows (``0o666 & ~umask``, e.g. 0644 under umask 022), like ``open()``, so a
+group sharing an output directory can read them. Only ``"complete"`` records count as
 results; see SPEC "helper C" for the schema.
 """
 from __future__ import annotations
@@ -13,9 +15,11 @@ import io
 import json
 import os
 import platform
+import secrets
 import subprocess
-import tempfile
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -38,21 +42,43 @@ RECORDED_DISTRIBUTIONS = {
 }
 
 
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` (UTF-8) to ``path`` atomically: temp file in the same dir, fsync, replace."""
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``path`` for the caller to write; on a clean exit, fsync
+    it and ``os.replace`` it onto ``path``; on an exception, delete it and leave ``path`` as it was.
+
+    The temporary file exists (empty) when yielded, named ``.<name>.<random>.tmp<suffix>``
+    (same suffix, for writers that infer the format from it). It is created like ``open()``
+    creates files (mode ``0o666`` minus the umask, applied by the kernel: no process-wide
+    umask change, so it is thread-safe); writers that truncate or recreate it keep that.
+    Creates ``path``'s parent directories.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    while True:
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp{path.suffix}")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            break
+        except FileExistsError:
+            continue
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
+        tmp.unlink(missing_ok=True)
         raise
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` (UTF-8, newlines as given) to ``path`` atomically (see :func:`atomic_path`)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8", newline="")
 
 
 def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
@@ -63,27 +89,52 @@ def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
     write_text_atomic(path, json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
 
 
-def read_record(run_dir: str | os.PathLike) -> dict | None:
-    """The run's record, or None when ``results.json`` is absent.
+class UnreadableRecord(Exception):
+    """``results.json`` exists but is not a readable JSON object. ``path`` is the file;
+    ``reason`` says what is wrong, e.g. ``not valid JSON: Expecting value: line 1 column 1 (char 0)``."""
 
-    An unreadable or corrupt file (or one that is not a JSON object) also gives None, with a
-    warning naming the file: such a run is treated as not complete and will be rerun.
-    """
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+_JSON_TYPE_NAMES = {list: "an array", str: "a string", int: "a number", float: "a number", bool: "a boolean",
+                    type(None): "null"}
+
+
+def load_record(run_dir: str | os.PathLike) -> dict | None:
+    """The run's record, or None when ``results.json`` is absent; raises :class:`UnreadableRecord`
+    when it cannot be read, is not UTF-8 JSON, or is not a JSON object."""
     path = Path(run_dir) / RESULTS_FILE
     if not path.is_file():
         return None
     try:
         with open(path, encoding="utf-8") as handle:
             record = json.load(handle)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        warnings.warn(f"Ignoring unreadable run record {path} ({exc}); the run counts as not complete. "
+    except OSError as exc:
+        raise UnreadableRecord(path, f"cannot read it: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise UnreadableRecord(path, f"not UTF-8 text: {exc}") from exc
+    except json.JSONDecodeError as exc:
+        raise UnreadableRecord(path, f"not valid JSON: {exc}") from exc
+    if not isinstance(record, dict):
+        raise UnreadableRecord(path, f"not a JSON object but {_JSON_TYPE_NAMES.get(type(record), 'a JSON value')}")
+    return record
+
+
+def read_record(run_dir: str | os.PathLike) -> dict | None:
+    """The run's record, or None when ``results.json`` is absent.
+
+    An unreadable record (see :func:`load_record`) also gives None, with a warning naming the
+    file and the reason: such a run is treated as not complete and will be rerun.
+    """
+    try:
+        return load_record(run_dir)
+    except UnreadableRecord as exc:
+        warnings.warn(f"Ignoring unreadable run record {exc.path} ({exc.reason}); the run counts as not complete. "
                       "Delete the file or rerun the job to replace it.", stacklevel=2)
         return None
-    if not isinstance(record, dict):
-        warnings.warn(f"Ignoring run record {path}: expected a JSON object, found {type(record).__name__}.",
-                      stacklevel=2)
-        return None
-    return record
 
 
 def is_complete(run_dir: str | os.PathLike) -> bool:

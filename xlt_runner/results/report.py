@@ -25,6 +25,7 @@ import os
 import sys
 import warnings
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from importlib.util import find_spec
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 import yaml
 
-from xlt_runner.results.record import RESULTS_FILE, read_record, write_text_atomic
+from xlt_runner.results.record import RESULTS_FILE, UnreadableRecord, atomic_path, load_record, write_text_atomic
 from xlt_runner.results.stats import mean_ci, welch_p
 
 if TYPE_CHECKING:
@@ -40,10 +41,19 @@ if TYPE_CHECKING:
 
 METRICS = ("accuracy", "macro_f1")
 BLOCK_COLUMNS = ("model", "benchmark", "languages")
-STATUS_COLUMNS = ("done", "running", "failed", "missing")
-#: Record status -> sweep status column. Unknown statuses count as failed (they need a look);
-#: "preempted" (resumable: relaunching the sweep resumes it) is listed with the failed runs.
-STATUS_OF_RECORD = {"complete": "done", "running": "running", "failed": "failed", "preempted": "failed"}
+#: Sweep status columns. ``dead``: the record says running but its process is gone (see
+#: :func:`dead_run_reason`); ``unreadable``: ``results.json`` is not a readable JSON object.
+#: Neither is a result; relaunching the sweep reruns both.
+STATUS_COLUMNS = ("done", "running", "dead", "failed", "unreadable", "missing")
+#: Run status (``collect_runs``) -> sweep status column. Unknown statuses count as failed (they
+#: need a look); "preempted" (resumable: relaunching the sweep resumes it) is listed with the failed runs.
+STATUS_OF_RECORD = {"complete": "done", "running": "running", "dead": "dead", "failed": "failed",
+                    "preempted": "failed", "unreadable": "unreadable"}
+#: ``cell_label``/``cell_name`` of an unreadable record, whose cell cannot be known.
+UNREADABLE_CELL = "(unreadable record)"
+#: A live process holding a running record's pid is taken to be another process (the pid was
+#: reused) when it started more than this many seconds after the record's ``started_at``.
+PID_START_TOLERANCE_S = 5.0
 CONFIDENCE = 0.95
 #: At most this many differing config keys are spelled out in a cell label; beyond, a hash.
 MAX_LABEL_KEYS = 3
@@ -98,29 +108,46 @@ def _cell_labels(rows: list[dict], identities: dict[str, dict]) -> None:
 
 
 def collect_runs(root: str | os.PathLike) -> pd.DataFrame:
-    """One row per readable ``results.json`` under ``root`` (any depth; dot-dirs skipped).
+    """One row per ``results.json`` under ``root`` (any depth; dot-dirs skipped).
 
     Columns: run_dir, status, run_id, sweep_name, method, model, benchmark, languages, seed,
     cell (8-hex id of the cell), cell_label, cell_name, started_at, finished_at, error
     ("Type: message" or None), overrides (list), groups, group_members, per_language (the
-    record's dicts). Rows are sorted by run_dir. Unreadable records are skipped with a warning.
+    record's dicts). Rows are sorted by run_dir.
+
+    ``status`` is the record's, except ``"dead"`` for a ``running`` record whose process is
+    gone (``error`` then says why, see :func:`dead_run_reason`) and ``"unreadable"`` for a file
+    that is not a readable JSON object (``error`` gives the reason, the record fields are None,
+    cell labels are :data:`UNREADABLE_CELL`; a warning is also issued).
     """
     rows: list[dict] = []
+    unreadable: list[dict] = []
     identities: dict[str, dict] = {}
     for directory, subdirs, files in os.walk(root):
         subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
         if RESULTS_FILE not in files:
             continue
-        record = read_record(directory)
-        if record is None:
+        try:
+            record = load_record(directory)
+        except UnreadableRecord as exc:
+            warnings.warn(f"Unreadable run record {exc.path} ({exc.reason}); listed as unreadable in the sweep "
+                          "status and not counted as a result.", stacklevel=2)
+            unreadable.append({"run_dir": str(directory), "status": "unreadable", "cell_label": UNREADABLE_CELL,
+                               "cell_name": UNREADABLE_CELL, "error": exc.reason, "overrides": [], "groups": {},
+                               "group_members": {}, "per_language": {}})
+            continue
+        if record is None:  # removed since the directory was listed
             continue
         identity = _cell_identity(record)
         cell = hashlib.sha1(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:8]
         identities[cell] = identity
-        error = record.get("error")
+        status, error = record.get("status"), record.get("error")
+        error = f"{error.get('type')}: {error.get('message')}" if isinstance(error, dict) else None
+        if status == "running" and (reason := dead_run_reason(directory, record)):
+            status, error = "dead", reason
         rows.append({
             "run_dir": str(directory),
-            "status": record.get("status"),
+            "status": status,
             "run_id": record.get("run_id"),
             "sweep_name": record.get("sweep_name"),
             **{column: str(record.get(column)) for column in ("method", *BLOCK_COLUMNS)},
@@ -128,7 +155,7 @@ def collect_runs(root: str | os.PathLike) -> pd.DataFrame:
             "cell": cell,
             "started_at": record.get("started_at"),
             "finished_at": record.get("finished_at"),
-            "error": f"{error.get('type')}: {error.get('message')}" if isinstance(error, dict) else None,
+            "error": error,
             "overrides": list(record.get("overrides") or []),
             "groups": record.get("groups") or {},
             "group_members": record.get("group_members") or {},
@@ -138,7 +165,108 @@ def collect_runs(root: str | os.PathLike) -> pd.DataFrame:
     columns = ["run_dir", "status", "run_id", "sweep_name", "method", *BLOCK_COLUMNS, "seed", "cell",
                "cell_label", "cell_name", "started_at", "finished_at", "error", "overrides", "groups",
                "group_members", "per_language"]
-    return pd.DataFrame(rows, columns=columns).sort_values("run_dir", ignore_index=True)
+    return pd.DataFrame(rows + unreadable, columns=columns).sort_values("run_dir", ignore_index=True)
+
+
+def dead_run_reason(run_dir: str | os.PathLike, record: dict) -> str | None:
+    """Why a record saying ``running`` is certainly no longer being run, or None when it may be.
+
+    Only a record written on this host (``record["host"] == os.uname().nodename``) with a
+    ``pid`` can be judged; any other may be running elsewhere and gives None. On this host:
+
+    1. The run lock ``<run_dir>/.lock``, held by the runner for the whole run (see
+       :class:`xlt_runner.resume.RunLock`), decides when it exists and can be probed: held
+       -> None, free -> dead, even if the pid is alive (a pid reused, or the same process gone
+       on to another run). The probe is a non-blocking ``flock`` released at once; it never
+       creates a lock file and never waits.
+    2. Otherwise the recorded pid: no such process, a zombie, or (Linux ``/proc``) a process
+       that started more than :data:`PID_START_TOLERANCE_S` after ``started_at`` (the pid was
+       reused) -> dead; else None.
+
+    A run that ends between the caller's read and this check has written its final record
+    before releasing its lock; the record is re-read last, so such a run gives None.
+    """
+    pid, host = record.get("pid"), record.get("host")
+    if host != os.uname().nodename or not isinstance(pid, int) or pid <= 0:
+        return None
+    from xlt_runner.resume import LOCK_FILE
+
+    lock = Path(run_dir) / LOCK_FILE
+    held = _lock_held(lock)
+    if held:
+        return None
+    if held is False:
+        reason = f"the run lock {lock} is free"
+    else:
+        reason = _process_gone_reason(pid, record.get("started_at"))
+        if reason is None:
+            return None
+    try:
+        still_running = (load_record(run_dir) or {}).get("status") == "running"
+    except UnreadableRecord:
+        still_running = False
+    if not still_running:
+        return None
+    return f"the record says running, but its process {pid} on {host} has ended ({reason}); relaunch to rerun it"
+
+
+def _lock_held(lock: Path) -> bool | None:
+    """Whether some process holds an ``flock`` on the existing file ``lock``; None when that
+    cannot be told (no such file, no permission to open it, no ``flock`` on this system/file system)."""
+    try:
+        import fcntl
+    except ImportError:  # not a POSIX system
+        return None
+    for flags in (os.O_RDWR, os.O_RDONLY):  # NFS emulates flock with POSIX locks, which need write access
+        try:
+            fd = os.open(lock, flags)
+            break
+        except PermissionError:
+            continue
+        except OSError:
+            return None
+    else:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return None
+    finally:
+        os.close(fd)  # also releases the lock if we took it
+    return False
+
+
+def _process_gone_reason(pid: int, started_at: Any) -> str | None:
+    """Why process ``pid`` (on this host) is not the one that started a run at ``started_at``
+    (ISO 8601 with a UTC offset), or None when it may be."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return "no such process"
+    except PermissionError:
+        pass  # it exists, owned by another user
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        boot_time = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                         if line.startswith("btime "))
+    except (OSError, StopIteration, ValueError):  # no /proc (not Linux), or the process just exited
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": field 3 (state) onwards
+    if fields[0] == "Z":
+        return "it exited and is a zombie"
+    process_start = boot_time + int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22, starttime in ticks
+    try:
+        run_start = datetime.fromisoformat(str(started_at))
+    except ValueError:
+        return None
+    if run_start.tzinfo is None:  # the runner records UTC with an offset; a naive time is ambiguous
+        return None
+    if process_start > run_start.timestamp() + PID_START_TOLERANCE_S:
+        started = datetime.fromtimestamp(process_start, timezone.utc).isoformat(timespec="seconds")
+        return f"pid {pid} now belongs to a process started at {started}, after the run started at {started_at}"
+    return None
 
 
 def complete_runs(df: pd.DataFrame) -> pd.DataFrame:
@@ -343,7 +471,7 @@ def per_language_scores(df: pd.DataFrame) -> pd.DataFrame:
 
 def export_all(df: pd.DataFrame, out_dir: str | os.PathLike) -> list[Path]:
     """Write every complete run's per-language scores to ``per_language_all.csv`` and, when
-    pyarrow is installed, ``per_language_all.parquet``; return the paths written."""
+    pyarrow is installed, ``per_language_all.parquet`` (each atomically); return the paths written."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     scores = per_language_scores(df)
@@ -351,7 +479,8 @@ def export_all(df: pd.DataFrame, out_dir: str | os.PathLike) -> list[Path]:
     write_text_atomic(paths[0], scores.to_csv(index=False))
     if find_spec("pyarrow") is not None:
         paths.append(out / "per_language_all.parquet")
-        scores.to_parquet(paths[-1], index=False)
+        with atomic_path(paths[-1]) as tmp:
+            scores.to_parquet(tmp, index=False)
     return paths
 
 
@@ -390,8 +519,9 @@ def plot_per_language(df: pd.DataFrame, out_path: str | os.PathLike, table: Lang
 
     x: languages in :func:`figure_groups` order, with a gap, a dotted separator and a label
     per group; dashed horizontal segments give each series' unweighted mean over the group's
-    languages. The figure widens with the number of languages (~0.13 inch each).
-    Raises ValueError when no complete run has per-language scores.
+    languages. The figure widens with the number of languages (~0.13 inch each). The file is
+    written atomically (format from ``out_path``'s suffix, PNG without one). Raises ValueError
+    when no complete run has per-language scores.
     """
     import matplotlib
     matplotlib.use("Agg")
@@ -441,9 +571,11 @@ def plot_per_language(df: pd.DataFrame, out_path: str | os.PathLike, table: Lang
     ax.set_title(f"Per-language test {metric}, mean over seeds (dashed: group mean); "
                  "languages sorted by SIB-200 XLM-R-large accuracy within each group", fontsize=10, pad=18)
     out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_path, dpi=130, bbox_inches="tight")
-    plt.close(fig)
+    try:
+        with atomic_path(out_path) as tmp:
+            fig.savefig(tmp, dpi=130, bbox_inches="tight", format=out_path.suffix.lstrip(".") or "png")
+    finally:
+        plt.close(fig)
     return out_path
 
 
@@ -496,25 +628,34 @@ def _is_within(path: str, directory: Path) -> bool:
 
 
 def sweep_status(root: str | os.PathLike, runs: pd.DataFrame | None = None) -> SweepStatus:
-    """done/running/failed/missing per cell for every sweep under ``root``.
+    """:data:`STATUS_COLUMNS` counts per cell for every sweep under ``root``.
 
     Expected runs come from each Hydra ``multirun.yaml`` under ``root``: the cartesian
     product of its sweep overrides. An expected run is matched by a record under the same
     sweep directory whose ``overrides`` give the same value for every swept key; its cell is
     the swept values other than ``seed``. With several matches the best status counts
-    (done > running > failed). Records matched by no sweep are reported under their own
+    (done > running > failed > dead). Records matched by no sweep are reported under their own
     cell (sweep = their ``sweep_name``), with nothing missing. A run killed without writing
-    its final record stays "running".
+    its final record stays "running" unless :func:`dead_run_reason` can tell it is "dead".
+    Unreadable records match no expected run (which then counts as missing): each is one
+    ``unreadable`` run in the cell :data:`UNREADABLE_CELL` of the sweep directory holding it.
     """
     root = Path(root)
     runs = collect_runs(root) if runs is None else runs
-    rank = {"done": 3, "running": 2, "failed": 1}
+    rank = {"done": 4, "running": 3, "failed": 2, "dead": 1}
     override_values = {index: _override_values(run.overrides) for index, run in runs.iterrows()}
     rows, accounted = [], set()
     for multirun_file in sorted(root.rglob("multirun.yaml")):
         sweep_dir = multirun_file.parent
+        sweep = str(sweep_dir.relative_to(root)) if sweep_dir != root else "."
         axes = _sweep_axes(multirun_file)
         in_sweep = [index for index in runs.index if _is_within(runs.at[index, "run_dir"], sweep_dir)]
+        for index in in_sweep:
+            if runs.at[index, "status"] == "unreadable" and index not in accounted:
+                accounted.add(index)
+                rows.append({"sweep": sweep, "cell": UNREADABLE_CELL, "seed": None, "status": "unreadable",
+                             "run_dir": runs.at[index, "run_dir"], "overrides": "", "error": runs.at[index, "error"]})
+        in_sweep = [index for index in in_sweep if runs.at[index, "status"] != "unreadable"]
         for combination in itertools.product(*axes.values()):
             assignment = dict(zip(axes, combination))
             matches = [i for i in in_sweep if all(override_values[i].get(k) == v for k, v in assignment.items())]
@@ -522,7 +663,7 @@ def sweep_status(root: str | os.PathLike, runs: pd.DataFrame | None = None) -> S
             found = sorted(matches, key=lambda i: rank[STATUS_OF_RECORD.get(runs.at[i, "status"], "failed")])
             chosen = runs.loc[found[-1]] if found else None
             rows.append({
-                "sweep": str(sweep_dir.relative_to(root)) if sweep_dir != root else ".",
+                "sweep": sweep,
                 "cell": " ".join(f"{k}={v}" for k, v in assignment.items() if k != "seed") or "(all)",
                 "seed": assignment.get("seed"),
                 "status": STATUS_OF_RECORD.get(chosen["status"], "failed") if chosen is not None else "missing",
@@ -597,8 +738,9 @@ def report_main(argv: list[str] | None = None) -> int:
     summary = status.summary
     _print_table(console, f"Sweep status under {escape(str(root))}", ["sweep", "cell", *STATUS_COLUMNS, "total"],
                  [[escape(str(v)) for v in row] for row in summary.itertuples(index=False)])
-    for _, run in status.runs[status.runs["status"] == "failed"].iterrows():
-        console.print(f"[red]failed[/red] {escape(str(run['run_dir']))}: {escape(str(run['error']))}")
+    for _, run in status.runs[status.runs["status"].isin(["failed", "dead", "unreadable"])].iterrows():
+        where = Path(run["run_dir"]) / RESULTS_FILE if run["status"] == "unreadable" else run["run_dir"]
+        console.print(f"[red]{run['status']}[/red] {escape(str(where))}: {escape(str(run['error']))}")
     for _, run in status.runs[status.runs["status"] == "missing"].iterrows():
         console.print(f"[yellow]missing[/yellow] {escape(run['sweep'])}: {escape(run['overrides'])}")
     out.mkdir(parents=True, exist_ok=True)
