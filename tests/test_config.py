@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from xlt_runner import config
-from xlt_runner.cli import CONF_DIR, compose, expand_variants
+from xlt_runner.cli import CONF_DIR, compose, job_overrides
 from xlt_runner.identity import run_id
 
 from conftest import run_cli
@@ -40,12 +40,14 @@ def test_method_schema_is_typed_and_specific():
         compose(["method=lora", "method.r=four"])
 
 
-def test_sweep_expansion_covers_every_value_once():
-    variants = expand_variants(["method=head_only,full_ft", "seed=0,1,2", "model=tiny_xlmr"])
-    assert variants[0] == ["method=head_only", "seed=0", "model=tiny_xlmr"]
-    assert ["method=full_ft", "seed=0", "model=tiny_xlmr"] in variants
-    assert ["method=head_only", "seed=2", "model=tiny_xlmr"] in variants
-    assert len(variants) == 4
+def test_sweep_points_are_the_jobs_hydra_runs():
+    points = job_overrides(["method=head_only,full_ft", "seed=0,1,2", "model=tiny_xlmr"], "config", multirun=True)
+    assert points[0] == ["method=head_only", "seed=0", "model=tiny_xlmr"]
+    assert ["method=full_ft", "seed=2", "model=tiny_xlmr"] in points and len(points) == 6
+    # the preset's sweeps (4 methods x 3 source sets x 10 seeds) with the command line's seeds instead
+    table1 = job_overrides(["experiment=xpe_table1", "seed=0,1"], "config", multirun=True)
+    assert len(table1) == 4 * 3 * 2 and ["method=xpe", "languages=seen", "seed=1", "experiment=xpe_table1"] in table1
+    assert job_overrides(["seed=1", "hydra.run.dir=x"], "config", multirun=False) == [["seed=1"]]
 
 
 def test_run_id_ignores_paths_and_logging_but_not_seed():

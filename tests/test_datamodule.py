@@ -82,3 +82,47 @@ def test_datamodule_mixes_sources_and_indexes_targets(benchmark, tokenizer, tmp_
     assert sorted(set(langs)) == [0, 2] and len(langs) == 42
     train_langs = {int(x) for batch in dm.train_dataloader() for x in batch["lang"]}
     assert train_langs == {0, 1}
+
+
+def test_example_cap_is_a_stratified_fixed_seed_subsample(tokenizer, tmp_path):
+    """SIB-200's files are sorted by label: a first-N cap would evaluate one class."""
+    from conftest import SIB_LABELS, write_split
+    from xlt_runner.data.classification import stratified_subsample
+
+    for lang in ("eng_Latn", "fra_Latn"):
+        rows = [(i, SIB_LABELS[i // 10], f"text {i} {lang}") for i in range(70)]  # sorted by label, 10 each
+        for split in ("train", "dev", "test"):
+            write_split(tmp_path / "data" / lang / f"{split}.tsv", rows)
+    sorted_benchmark = build_benchmark(BenchmarkConfig(name="sib200", data_dir=str(tmp_path / "data")), "unused")
+    examples = sorted_benchmark.load("eng_Latn", "test")
+    assert [e.label for e in examples[:7]] == [0] * 7
+
+    picked = stratified_subsample(examples, 14)
+    assert sorted(e.label for e in picked) == sorted(list(range(7)) * 2)
+    assert [e.id for e in picked] == sorted((e.id for e in picked), key=int), "file order is kept"
+    assert [e.id for e in stratified_subsample(examples, 14)] == [e.id for e in picked], "fixed seed"
+    assert [e.id for e in stratified_subsample(sorted_benchmark.load("fra_Latn", "test"), 14)] == \
+        [e.id for e in picked], "parallel data: the same sentences in every language"
+    assert len({e.label for e in stratified_subsample(examples, 5)}) == 5
+    assert stratified_subsample(examples, None) == examples and stratified_subsample(examples, 99) == examples
+
+    dm = ClassificationDataModule(sorted_benchmark, tokenizer, source_languages=["eng_Latn"],
+                                  target_languages=["fra_Latn"], max_length=32, text_prefix="", batch_size=4,
+                                  eval_batch_size=8, num_training_batches=2, seed=0, cache_dir=tmp_path / "cache",
+                                  max_eval_examples_per_language=14)
+    dm.setup("test")
+    assert dm.subsampled_ids["test"]["fra_Latn"] == [e.id for e in picked]
+    assert sorted(dm._datasets["test"].splits[0].labels.tolist()) == sorted(list(range(7)) * 2)
+
+
+def test_a_corrupt_cache_file_is_rebuilt(benchmark, tokenizer, tmp_path, caplog):
+    cache = TokenizationCache(tmp_path, tokenizer, max_length=32)
+    good = cache.get(benchmark, "fra_Latn", "dev")
+    (path,) = tmp_path.glob("*.npz")
+    path.write_bytes(path.read_bytes()[:40])  # a write cut short
+    again = TokenizationCache(tmp_path, tokenizer, max_length=32)
+    with caplog.at_level("WARNING"):
+        rebuilt = again.get(benchmark, "fra_Latn", "dev")
+    assert (again.hits, again.misses) == (0, 1) and "unreadable" in caplog.text and str(path) in caplog.text
+    assert np.array_equal(rebuilt.ids, good.ids) and list(rebuilt.example_ids) == list(good.example_ids)
+    assert TokenizationCache(tmp_path, tokenizer, max_length=32).get(benchmark, "fra_Latn", "dev") is not None

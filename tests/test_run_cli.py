@@ -40,7 +40,7 @@ def test_run_writes_complete_record_and_csv(finished_run):
     # checkpoints hold the head only, not the frozen backbone
     ckpt = run_dir / "checkpoints" / "best.ckpt"
     import torch
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
     assert state and all(k.startswith("head.") for k in state)
 
 
@@ -93,7 +93,7 @@ def test_nan_loss_stops_naming_the_step(tmp_path, synthetic_data, shared_cache):
     assert result.returncode != 0
     assert "at optimiser step" in result.stderr
     (record,) = find_records(tmp_path)
-    assert record["status"] == "failed" and record["error"]["type"] == "NonFiniteLossError"
+    assert record["status"] == "failed" and record["error"]["type"] == "NonFiniteValueError"
     assert "at optimiser step" in record["error"]["message"]
 
 

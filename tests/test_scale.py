@@ -69,7 +69,7 @@ def test_sigterm_mid_training_then_relaunch_resumes_to_identical_metrics(referen
     assert record["status"] == "preempted" and "SIGTERM" in record["error"]["message"], record["error"]
     resume = best.parent / "resume.ckpt"
     import torch
-    stopped_at = torch.load(resume, map_location="cpu", weights_only=False)["global_step"]
+    stopped_at = torch.load(resume, map_location="cpu", weights_only=True)["global_step"]
     assert 10 <= stopped_at < 40, "the signal must arrive mid-training for this test to mean anything"
 
     result = run_cli(args)

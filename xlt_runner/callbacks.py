@@ -15,6 +15,12 @@ class DelayedEarlyStopping(EarlyStopping):
     def __init__(self, start_step: int = 0, **kwargs) -> None:
         super().__init__(**kwargs)
         self.start_step = start_step
+        self.stopped_step: int | None = None  # optimiser step at which patience ran out
+
+    def stop_reason(self) -> str:
+        """Why training stopped early, for the run record."""
+        return (f"early_stopping: {self.monitor} did not improve for {self.patience} validations "
+                f"(best {float(self.best_score):.6g}); stopped at step {self.stopped_step}")
 
     def _run_early_stopping_check(self, trainer) -> None:
         if trainer.global_step < self.start_step:
@@ -24,3 +30,5 @@ class DelayedEarlyStopping(EarlyStopping):
             self.wait_count = 0
             return
         super()._run_early_stopping_check(trainer)
+        if self.stopped_step is None and self.wait_count >= self.patience:
+            self.stopped_step = trainer.global_step

@@ -1,7 +1,7 @@
 """Command-line entry points: ``xlt-run`` (the Hydra app) and ``xlt-report``.
 
-``xlt-run`` first composes and validates every configuration the command line asks
-for (each value of each swept key; composition is cached, see composition.py), so a
+``xlt-run`` first composes and validates the configuration of every job the command line
+asks for (every sweep point; composition is cached by shape, see composition.py), so a
 typo in a 500-job sweep fails before any job starts or any model is loaded. Then Hydra
 runs the job(s); a failed job of a multirun is recorded in its ``results.json`` and the
 sweep goes on, and the command exits nonzero at the end if any job failed.
@@ -13,10 +13,13 @@ import logging
 import os
 import re
 import sys
+import tempfile
 from pathlib import Path
 
 import hydra
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
@@ -24,7 +27,9 @@ from xlt_runner import config as _config  # noqa: F401  (registers schemas)
 from xlt_runner import identity as _identity  # noqa: F401  (registers the run_id resolver)
 from xlt_runner import methods as _methods  # noqa: F401  (registers every method's schema)
 from xlt_runner.composition import CONF_DIR, compose
-from xlt_runner.config import ConfigError
+from xlt_runner.config import ConfigError, unknown_key_message
+from xlt_runner.data import BenchmarkDataError, build_benchmark
+from xlt_runner.data.languages import LanguageTable
 
 USER_ERROR_EXIT = 2
 log = logging.getLogger("xlt_runner")
@@ -34,9 +39,14 @@ _INFO_FLAGS = {"--cfg", "-c", "--help", "-h", "--hydra-help", "--info", "-i", "-
                "--resolve", "-p", "--package"}
 _FAILED_JOBS: list[str] = []
 DETACH_FLAG = "--detach"  # xlt-run's own flag, not Hydra's
+_LOCAL_LAUNCHERS = ("BasicLauncher", "LocalLauncher", "JoblibLauncher")  # run jobs on this machine
 
 
 # ------------------------------------------------------------------------ preflight
+def _info_requested(argv: list[str]) -> bool:
+    return any(a.split("=", 1)[0] in _INFO_FLAGS for a in argv)
+
+
 def _split_argv(argv: list[str]) -> tuple[list[str], str]:
     """Overrides on the command line and the config name (``--config-name``/``-cn``)."""
     overrides, config_name, skip = [], "config", False
@@ -55,50 +65,74 @@ def _split_argv(argv: list[str]) -> tuple[list[str], str]:
     return overrides, config_name
 
 
-def expand_variants(overrides: list[str]) -> list[list[str]]:
-    """Override lists covering every value of every swept key at least once.
+def _is_hydra(override) -> bool:
+    return override.key_or_group.startswith("hydra") or override.get_key_element().startswith("hydra")
 
-    ``method=a,b seed=0,1,2`` gives ``[method=a seed=0]``, ``[method=b seed=0]``,
-    ``[method=a seed=1]``, ``[method=a seed=2]``: one composition per value, not the
-    whole Cartesian product.
-    """
-    from hydra.core.override_parser.overrides_parser import OverridesParser
 
+def _config_sweeps(parsed: list, config_name: str) -> list:
+    """The sweeps declared in config (``hydra.sweeper.params``, e.g. by an experiment preset),
+    as parsed overrides. They come with group choices (experiment=...) and hydra.*, so dotted
+    keys are left out of this composition: they may fit only some options of a swept group."""
+    settings = [f"{o.get_key_element()}={next(iter(o.sweep_string_iterator()))}" if o.is_sweep_override()
+                else o.input_line for o in parsed if _is_hydra(o) or "." not in o.key_or_group]
+    params = OmegaConf.select(compose(settings, config_name, with_hydra=True), "hydra.sweeper.params") or {}
+    return OverridesParser.create().parse_overrides([f"{key}={value}" for key, value in params.items()])
+
+
+def job_overrides(overrides: list[str], config_name: str, multirun: bool) -> list[list[str]]:
+    """The task overrides of every job the command runs (one without ``-m``). A multirun's are
+    formed as Hydra's basic sweeper forms them: the Cartesian product of the sweeps declared in
+    config and the command line's task overrides, the command line's value winning for a key both set."""
     parsed = OverridesParser.create().parse_overrides(overrides)
-    base, swept = [], []
-    for o in parsed:
-        if o.key_or_group.startswith("hydra") or o.get_key_element().startswith("hydra"):
-            continue
-        if o.is_sweep_override():
-            values = [str(v) for v in o.sweep_string_iterator()]
-            swept.append((o, values))
-            base.append(f"{o.get_key_element()}={values[0]}")
-        else:
-            base.append(o.input_line)
-    variants = [base]
-    for o, values in swept:
-        key = o.get_key_element()
-        for value in values[1:]:
-            variants.append([f"{key}={value}" if item.split("=", 1)[0] == key else item for item in base])
-    return variants
+    task = [o for o in parsed if not _is_hydra(o)]
+    if not multirun:
+        return [[o.input_line for o in task]]
+    return BasicSweeper.split_arguments(_config_sweeps(parsed, config_name) + task, None)[0]
 
 
-def config_sweep_overrides(overrides: list[str], config_name: str) -> list[str]:
-    """Sweeps declared in config (``hydra.sweeper.params``, e.g. by an experiment preset)
-    for keys the command line does not set, as ``key=a,b`` overrides."""
-    cfg = compose(expand_variants(overrides)[0], config_name, with_hydra=True)
-    params = OmegaConf.select(cfg, "hydra.sweeper.params") or {}
-    given = {o.lstrip("+~").split("=", 1)[0] for o in overrides}
-    return [f"{key}={value}" for key, value in params.items() if key not in given]
+def defer_to_jobs(argv: list[str]) -> list[str]:
+    """A multirun's ``argv`` for Hydra, each plain override of a key inside a swept config group
+    made a one-value sweep (``method=spt,xpe method.pool=mean`` -> ``method.pool=choice(mean)``).
+    Hydra composes a multirun's master config without its sweeps, from the groups' defaults,
+    where such a key may be missing (head_only has no pool); a sweep skips that composition
+    and reaches each job's config unchanged. The jobs are the same."""
+    overrides, config_name = _split_argv(argv)
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    swept = {o.key_or_group for o in parsed + _config_sweeps(parsed, config_name) if o.is_sweep_override()}
+    deferred = {o.input_line: f"{o.key_or_group}=choice({o.get_value_element_as_str()})" for o in parsed
+                if not (o.is_sweep_override() or o.is_add() or o.is_force_add() or o.is_delete() or _is_hydra(o))
+                and o.key_or_group.split(".")[0] in swept and "." in o.key_or_group}
+    return [deferred.get(arg, arg) for arg in argv]
+
+
+def first_job_config(overrides: list[str], config_name: str, multirun: bool,
+                     points: list[list[str]] | None = None) -> DictConfig:
+    """The first job's config with Hydra's section (output directories, launcher);
+    ``points``: :func:`job_overrides`, when already known."""
+    points = points if points is not None else job_overrides(overrides, config_name, multirun)
+    hydra_overrides = [o.input_line for o in OverridesParser.create().parse_overrides(overrides) if _is_hydra(o)]
+    return compose(points[0] + hydra_overrides, config_name, with_hydra=True)
 
 
 def _options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
 
 
+def _reason(exc: BaseException | None) -> str:
+    """The messages of ``exc`` and its causes, one line each, without OmegaConf's type lines
+    (Hydra keeps the reason, e.g. a failed type conversion, in the cause)."""
+    lines = []
+    while exc is not None:
+        lines += [line.strip() for line in str(exc).splitlines()
+                  if line.strip() and not line.strip().startswith(("reference_type=", "object_type="))]
+        exc = exc.__cause__
+    return "\n".join(lines)
+
+
 def explain(exc: BaseException, overrides: list[str], config_name: str) -> str:
-    """A message naming the offending key or option and listing the valid ones."""
-    text = str(exc)
+    """A message naming the offending key or option and listing the valid ones, else the
+    reason Hydra or OmegaConf gives (e.g. "could not be converted to Integer")."""
+    text = _reason(exc)
     found = re.search(r"Could not (?:find|load) '([\w/]+)/([\w.\-]+)'", text)
     if found:
         group, option = found.groups()
@@ -110,45 +144,100 @@ def explain(exc: BaseException, overrides: list[str], config_name: str) -> str:
              or re.search(r"Could not override '(([\w.]+))'", text))
     if found:
         full_key = found.group(2)
-        key = full_key.rsplit(".", 1)[-1]
-        parent = full_key.rsplit(".", 1)[0] if "." in full_key else ""
+        parent = full_key.rpartition(".")[0]
         try:
             clean = [o for o in overrides if not o.lstrip("+~").split("=", 1)[0].startswith(full_key)]
             node = compose(clean, config_name)
             node = OmegaConf.select(node, parent) if parent else node
-            keys = sorted(k for k in node.keys() if not str(k).startswith("_")) if isinstance(node, DictConfig) else []
+            keys = sorted(str(k) for k in node.keys() if not str(k).startswith("_")) if isinstance(node, DictConfig) else []
         except Exception:
             keys = []
-        hint = difflib.get_close_matches(key, keys, n=1)
-        where = parent or "the root config"
-        return (f"unknown key {full_key!r}. Valid keys of {where}: {', '.join(map(str, keys))}"
-                + (f". Did you mean {parent + '.' if parent else ''}{hint[0]}?" if hint else ""))
-    return text.strip()
+        return unknown_key_message(full_key, keys)
+    return text.replace("\n", "\n  ")
 
 
 def preflight(argv: list[str]) -> None:
-    """Compose and validate each configuration the command asks for; exit 2 on a mistake."""
-    if any(a.split("=", 1)[0] in _INFO_FLAGS for a in argv):
+    """Before any job starts: compose and validate the configuration of every job the command
+    runs (each sweep point of a multirun), check the languages of a local benchmark, that the
+    output and cache directories can be written and that a requested GPU exists. A mistake
+    exits 2 with a message on stderr naming the key or file and the fix."""
+    if _info_requested(argv):
         return
     overrides, config_name = _split_argv(argv)
+    multirun = is_multirun(argv)
     try:
-        expand_variants(overrides)
+        OverridesParser.create().parse_overrides(overrides)
     except Exception as exc:
         _fail(f"cannot parse the overrides: {exc}")
     try:
-        if is_multirun(argv):
-            overrides = overrides + config_sweep_overrides(overrides, config_name)
-        variants = expand_variants(overrides)
+        points = job_overrides(overrides, config_name, multirun)
     except Exception as exc:
         _fail(explain(exc, overrides, config_name))
-    for variant in variants:
+    benchmarks: dict = {}
+    accelerators, cache_dirs = set(), set()
+    for point in points:
+        where = point if len(points) > 1 else None
         try:
-            cfg = compose(variant, config_name)
+            cfg = compose(point, config_name)
             _config.validate(cfg)
-        except ConfigError as exc:
-            _fail(str(exc), variant if len(variants) > 1 else None)
+            _check_local_languages(cfg, benchmarks)
+        except (ConfigError, BenchmarkDataError) as exc:
+            _fail(str(exc), where)
         except Exception as exc:  # Hydra/OmegaConf composition errors
-            _fail(explain(exc, variant, config_name), variant if len(variants) > 1 else None)
+            _fail(explain(exc, point, config_name), where)
+        accelerators.add(str(cfg.trainer.accelerator))
+        cache_dirs.add(str(cfg.paths.cache_dir))
+    try:
+        hydra_cfg = first_job_config(overrides, config_name, multirun, points)
+    except Exception as exc:  # a bad hydra.* override
+        _fail(explain(exc, overrides, config_name))
+    _check_accelerator(accelerators, hydra_cfg)
+    out_key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    _check_writable(_output_dir(hydra_cfg, multirun), f"the output directory ({out_key})",
+                    f"set paths.output_root (or {out_key}) to a directory you can write")
+    for cache_dir in sorted(cache_dirs):
+        _check_writable(Path(cache_dir).expanduser(), "the cache directory (paths.cache_dir)",
+                        "set paths.cache_dir to a directory you can write")
+
+
+def _check_local_languages(cfg: DictConfig, benchmarks: dict) -> None:
+    """The run's language selection, as the runner makes it, against a local benchmark's
+    language directories (``benchmark.data_dir`` set; ``benchmarks`` caches them per command).
+    A Hub benchmark's languages are known only to the job, where the runner checks them."""
+    if not cfg.benchmark.data_dir:
+        return
+    key = (cfg.benchmark.name, cfg.benchmark.data_dir)
+    if key not in benchmarks:
+        benchmark = build_benchmark(cfg.benchmark, cfg.paths.cache_dir)
+        benchmarks[key] = (benchmark.location, LanguageTable.for_benchmark(benchmark), benchmark.languages())
+    location, table, available = benchmarks[key]
+    table.select_run_languages(cfg.languages, available, location)
+    if cfg.regime.name == "langid_probe":
+        table.resolve_in_data("regime.probe_languages", list(cfg.regime.probe_languages), available, location)
+
+
+def _check_accelerator(accelerators: set[str], hydra_cfg: DictConfig) -> None:
+    """``trainer.accelerator=gpu``/``cuda`` needs a CUDA device where the jobs run; checked when
+    the launcher runs them on this machine (a SLURM launcher's jobs get their nodes' GPUs)."""
+    wanted = sorted(accelerators & {"gpu", "cuda"})
+    launcher = str(OmegaConf.select(hydra_cfg, "hydra.launcher._target_") or "").rsplit(".", 1)[-1]
+    if not wanted or launcher not in _LOCAL_LAUNCHERS:
+        return
+    import torch
+    if not torch.cuda.is_available():
+        _fail(f"trainer.accelerator={wanted[0]} needs a CUDA GPU, and torch sees none on this machine "
+              f"(torch.cuda.is_available() is False). Use trainer.accelerator=cpu or trainer.accelerator=auto "
+              f"(or trainer=default), or launch the jobs on GPU machines (e.g. hydra/launcher=slurm_a100)")
+
+
+def _check_writable(path: Path, what: str, fix: str) -> None:
+    """Create ``path`` if missing and write a temporary file in it; else fail with ``fix``."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as err:
+        _fail(f"{what} {str(path)!r} cannot be written ({type(err).__name__}: {err.strerror or err}); {fix}")
 
 
 def _fail(message: str, variant: list[str] | None = None) -> None:
@@ -162,8 +251,8 @@ def _fail(message: str, variant: list[str] | None = None) -> None:
 def hydra_app(cfg: DictConfig) -> None:
     """The Hydra task: one run into Hydra's output directory."""
     from xlt_runner.data import BenchmarkDataError
-    from xlt_runner.resume import PREEMPTED_EXIT, RunPreempted
-    from xlt_runner.runner import run
+    from xlt_runner.resume import INTERRUPTED_EXIT, PREEMPTED_EXIT, ResumeCheckpointError, RunPreempted
+    from xlt_runner.runner import DataChangedError, run
 
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
@@ -172,9 +261,9 @@ def hydra_app(cfg: DictConfig) -> None:
         _config.validate(cfg)
         run(cfg, run_dir, overrides=list(hc.overrides.task))
     except RunPreempted as exc:  # the process was told to stop: stop the whole sweep, resumable
-        print(f"xlt-run: preempted: {exc}", file=sys.stderr)
-        sys.exit(PREEMPTED_EXIT)
-    except (ConfigError, BenchmarkDataError) as exc:
+        print(f"xlt-run: {'interrupted' if exc.interrupted else 'preempted'}: {exc}", file=sys.stderr)
+        sys.exit(INTERRUPTED_EXIT if exc.interrupted else PREEMPTED_EXIT)
+    except (ConfigError, BenchmarkDataError, DataChangedError, ResumeCheckpointError) as exc:
         print(f"xlt-run: error: {exc}", file=sys.stderr)
         if not multirun:
             sys.exit(USER_ERROR_EXIT)
@@ -207,10 +296,13 @@ def is_multirun(argv: list[str]) -> bool:
 def output_dir(argv: list[str]) -> Path:
     """Where the command writes: the sweep directory of a multirun, else the runs directory."""
     overrides, config_name = _split_argv(argv)
-    cfg = compose(expand_variants(overrides)[0], config_name, with_hydra=True)
-    if is_multirun(argv):
-        return Path(OmegaConf.select(cfg, "hydra.sweep.dir"))
-    return Path(OmegaConf.select(cfg, "hydra.run.dir")).parent
+    return _output_dir(first_job_config(overrides, config_name, is_multirun(argv)), is_multirun(argv))
+
+
+def _output_dir(hydra_cfg: DictConfig, multirun: bool) -> Path:
+    if multirun:
+        return Path(OmegaConf.select(hydra_cfg, "hydra.sweep.dir"))
+    return Path(OmegaConf.select(hydra_cfg, "hydra.run.dir")).parent
 
 
 def detach(argv: list[str]) -> None:
@@ -268,6 +360,8 @@ def run_main() -> None:
         detach(argv)
         return
     started = time.time()
+    if is_multirun(argv) and not _info_requested(argv):
+        sys.argv = [sys.argv[0], *defer_to_jobs(argv)]
     hydra_app()
     failed = list(_FAILED_JOBS)
     if is_multirun(argv):

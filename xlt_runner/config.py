@@ -8,11 +8,13 @@ Semantic checks that need data tables (language codes, set names) live in
 """
 from __future__ import annotations
 
+import dataclasses
+import difflib
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 
 class ConfigError(ValueError):
@@ -118,8 +120,8 @@ class LanguagesConfig:
 
     Each entry is a language code (``eng_Latn``) or a named set (``enarzho``,
     ``joshi5``, ``seen``, ``unseen``, ``lowperf``, ``all``); a report group may be a
-    difference ``seen-joshi5``. Targets and groups are intersected with the languages
-    the benchmark has.
+    difference ``seen-joshi5``. Named sets are intersected with the languages the
+    benchmark has; a code named explicitly in ``source`` or ``targets`` must be in its data.
     """
     name: str = MISSING
     source: list[str] = MISSING
@@ -168,6 +170,8 @@ class TrainerConfig:
     strategy: str = "auto"
     early_stopping_patience: Optional[int] = None  # evaluations without improvement
     early_stopping_after_first_cycle: bool = False  # for cosine_restarts: no stop before cycle 2
+    resume_checkpoint_every_validation: bool = True  # checkpoints/resume.ckpt after each validation, so a
+    # run killed without warning (SIGKILL, OOM, node failure) resumes from its last validation
     enable_progress_bar: bool = True
     deterministic: bool = False
     log_every_n_steps: int = 10
@@ -261,6 +265,47 @@ def _choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
         raise ConfigError(f"{key}={value!r} is not valid; choose one of: {', '.join(choices)}")
 
 
+def unknown_key_message(full_key: str, valid_keys: list[str]) -> str:
+    """``unknown key 'a.b'. Valid keys of a: ... Did you mean a.c?`` for a key no schema declares."""
+    parent, _, key = full_key.rpartition(".")
+    if not valid_keys:
+        return f"unknown key {full_key!r}"
+    hint = difflib.get_close_matches(key, valid_keys, n=1)
+    return (f"unknown key {full_key!r}. Valid keys of {parent or 'the root config'}: {', '.join(valid_keys)}"
+            + (f". Did you mean {parent + '.' if parent else ''}{hint[0]}?" if hint else ""))
+
+
+def check_schema_keys(cfg: DictConfig) -> None:
+    """Every key of a typed section (a node whose type is a schema dataclass, the root included)
+    is a field of that schema. Hydra checks this while composing, except for keys added with
+    ``+key=``/``++key=``, which bypass its struct mode; those are refused here."""
+    def walk(node: DictConfig, schema: type, prefix: str) -> None:
+        fields = [f.name for f in dataclasses.fields(schema)]
+        for key in node.keys():
+            if key not in fields:
+                raise ConfigError(unknown_key_message(f"{prefix}{key}", fields)
+                                  + f" ('+' cannot add keys to {prefix[:-1] or 'the root config'}: "
+                                    f"its schema is fixed)")
+            child = node._get_node(key)
+            child_schema = OmegaConf.get_type(child) if isinstance(child, DictConfig) else None
+            if child_schema is not None and dataclasses.is_dataclass(child_schema):
+                walk(child, child_schema, f"{prefix}{key}.")
+
+    walk(cfg, RunConfig, "")
+
+
+def _learning_rates(node: DictConfig, prefix: str) -> list[tuple[str, Any]]:
+    """``(dotted key, value)`` of every ``lr`` / ``*_lr`` field under ``node``."""
+    found = []
+    for key in node.keys():
+        child = node._get_node(key)
+        if isinstance(child, DictConfig):
+            found += _learning_rates(child, f"{prefix}{key}.")
+        elif key == "lr" or str(key).endswith("_lr"):
+            found.append((f"{prefix}{key}", node[key]))
+    return found
+
+
 def validate(cfg: Any) -> None:
     """Checks that need more than types: choices, language codes, method/model fit.
 
@@ -271,6 +316,7 @@ def validate(cfg: Any) -> None:
     from xlt_runner.data.languages import LanguageTable
     from xlt_runner.methods import method_class
 
+    check_schema_keys(cfg)
     m = cfg.model
     _choice("model.kind", m.kind, MODEL_KINDS)
     _choice("model.dtype", m.dtype, DTYPES)
@@ -290,6 +336,13 @@ def validate(cfg: Any) -> None:
     method_class(cfg.method.name).check_supported(cfg.benchmark.task, m.kind)
     _choice("method.optim.name", cfg.method.optim.name, OPTIMIZERS)
     _choice("method.optim.schedule", cfg.method.optim.schedule, SCHEDULES)
+    for key, lr in _learning_rates(cfg.method, "method.") + _learning_rates(cfg.regime, "regime."):
+        of_method = key.startswith("method.")
+        if lr is None or lr > 0 or (lr == 0 and of_method and cfg.method.init_from):
+            continue  # 0 with method.init_from: evaluate saved weights unchanged
+        raise ConfigError(f"{key}={lr} is not a learning rate: it must be greater than 0 (e.g. {key}=1e-3)"
+                          + ("; 0 is accepted only with method.init_from, to evaluate saved weights unchanged"
+                             if of_method else ""))
 
     t = cfg.trainer
     _choice("trainer.precision", str(t.precision), PRECISIONS)
@@ -299,6 +352,11 @@ def validate(cfg: Any) -> None:
     for key in ("batch_size", "eval_batch_size"):
         if cfg.benchmark[key] < 1:
             raise ConfigError(f"benchmark.{key}={cfg.benchmark[key]} must be at least 1")
+    for key in ("max_train_examples_per_language", "max_eval_examples_per_language"):
+        limit = cfg.benchmark[key]
+        if limit is not None and limit < 1:
+            raise ConfigError(f"benchmark.{key}={limit} would drop examples: give at least 1, "
+                              f"or null for every example (benchmark.{key}=null)")
     _choice("logger.wandb.mode", cfg.logger.wandb.mode, WANDB_MODES)
     _choice("regime.name", cfg.regime.name, REGIMES)
 

@@ -8,18 +8,32 @@ dies, so a killed job leaves no stale lock. On a cluster file system the lock ne
 POSIX lock support (NFSv4, Lustre mounted with ``flock``, GPFS, BeeGFS all have it).
 
 **Preemption.** :class:`PreemptionGuard` catches SIGTERM, SIGUSR1 (Lightning's and
-SLURM's ``--signal`` warning) and SIGUSR2 (submitit's preemption/timeout signal) for the
-duration of a run. During training the signal only sets a flag; :class:`ResumeCheckpoint`
-sees it at the next optimiser-step boundary (all DDP ranks agree on which), writes
-``<run_dir>/checkpoints/resume.ckpt`` with ``trainer.save_checkpoint`` (trainable
-weights, optimisers, schedulers, loop state incl. ``global_step``, ModelCheckpoint and
-early-stopping state, RNG states) and raises :class:`RunPreempted`. The runner records
-``status: "preempted"`` and the process exits with :data:`PREEMPTED_EXIT` (75, EX_TEMPFAIL)
+SLURM's ``--signal`` warning), SIGUSR2 (submitit's preemption/timeout signal) and SIGINT
+(Ctrl-C) for the duration of a run. During training the signal only sets a flag;
+:class:`ResumeCheckpoint` sees it at the end of the next optimiser step that no validation
+follows (all DDP ranks agree on which; Lightning resumes exactly only from there), writes ``<run_dir>/checkpoints/resume.ckpt`` with ``trainer.save_checkpoint``
+(trainable weights, optimisers, schedulers, loop state incl. ``global_step``,
+ModelCheckpoint and early-stopping state, RNG states, the run id) and raises
+:class:`RunPreempted`. The runner records ``status: "preempted"`` (``"interrupted"`` for
+Ctrl-C) and the process exits with :data:`PREEMPTED_EXIT` (75, EX_TEMPFAIL; 130 for Ctrl-C)
 after asking for a requeue: under submitit its own handler (which resubmits the same
 Hydra job); under a plain ``sbatch`` job, ``scontrol requeue $SLURM_JOB_ID``. Outside
-training (setup, final test) the signal raises :class:`RunPreempted` at once: there is
-nothing new to save. Relaunching the same command finds ``resume.ckpt`` and continues;
-the data order depends only on (seed, step), so the metrics equal an uninterrupted run's.
+training (setup, final test), or at a second Ctrl-C, the signal raises :class:`RunPreempted`
+at once. Relaunching the same command finds ``resume.ckpt`` and continues.
+
+**Without warning.** With ``trainer.resume_checkpoint_every_validation`` (default) the same
+checkpoint is also written at the end of the first step after every validation, so a run
+killed without a signal it can catch (SIGKILL, OOM killer, node failure) resumes from its
+last validation. Every write goes to ``resume.ckpt.tmp`` first and is renamed over
+``resume.ckpt``, so a kill during the write leaves the previous checkpoint intact.
+
+**Exactness.** Batch ``k`` of a run is a pure function of (seed, k) (the data module's
+sampler), RNG states are restored at the first resumed step, and the loop counters come
+from the checkpoint, so a resumed run trains exactly the steps an uninterrupted run
+trains, on the same batches, to the same losses and metrics (tests/test_faults.py).
+
+**Safety.** Checkpoints are loaded with ``weights_only=True`` only: a ``resume.ckpt`` that
+would need arbitrary unpickling (code) is refused as unreadable, never executed.
 """
 from __future__ import annotations
 
@@ -35,20 +49,47 @@ import torch
 
 RESUME_CHECKPOINT = "resume.ckpt"
 LOCK_FILE = ".lock"
+#: Key of the run id in a resume checkpoint (checked against the run that resumes from it).
+RUN_ID_KEY = "xlt_run_id"
+#: Key of the RNG states in a checkpoint (restored at the first resumed step).
+RNG_STATES_KEY = "rng_states"
 #: Exit status of a preempted run (EX_TEMPFAIL: retry later, the run will resume).
 PREEMPTED_EXIT = 75
-#: Signals a scheduler sends before it kills a job.
-PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+#: Exit status after Ctrl-C (128 + SIGINT, as a shell reports it).
+INTERRUPTED_EXIT = 130
+#: Signals a scheduler sends before it kills a job, and Ctrl-C.
+PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT)
+
+
+class ResumeCheckpointError(RuntimeError):
+    """``resume.ckpt`` cannot be used; the message names the file and how to discard it."""
 
 
 class RunPreempted(Exception):
-    """The run was asked to stop by a signal; ``resume.ckpt`` (if training had started) holds its state."""
+    """The run was asked to stop by a signal; ``checkpoint`` (if any) holds a state to resume from."""
 
-    def __init__(self, signal_name: str, checkpoint: str | None) -> None:
-        where = f"resumable checkpoint {checkpoint}" if checkpoint else "no new checkpoint (not training)"
-        super().__init__(f"received {signal_name}; saved {where}; relaunch the same command to resume")
+    def __init__(self, signal_name: str, checkpoint: str | None, step: int | None = None) -> None:
         self.signal_name = signal_name
         self.checkpoint = checkpoint
+        self.step = step
+        super().__init__(self.describe())
+
+    @property
+    def interrupted(self) -> bool:
+        """Stopped by Ctrl-C (SIGINT) rather than by a scheduler."""
+        return self.signal_name == "SIGINT"
+
+    def with_checkpoint(self, checkpoint: str | None, step: int | None) -> "RunPreempted":
+        """The same stop, naming the resumable checkpoint found on disk (a periodic one)."""
+        return RunPreempted(self.signal_name, checkpoint, step)
+
+    def describe(self) -> str:
+        if self.checkpoint:
+            at = f" (step {self.step})" if self.step is not None else ""
+            where = f"resumable checkpoint {self.checkpoint}{at}; relaunch the same command to resume from it"
+        else:
+            where = "no resumable checkpoint; a relaunch starts this run from the beginning"
+        return f"received {self.signal_name}; {where}"
 
 
 def process_rank() -> int:
@@ -85,7 +126,8 @@ class PreemptionGuard:
     """Catches :data:`PREEMPTION_SIGNALS` while active (main thread only; elsewhere a no-op).
 
     ``training`` is set by :class:`ResumeCheckpoint` while ``trainer.fit`` runs: then a
-    signal only sets ``received``; otherwise it raises :class:`RunPreempted` immediately.
+    signal only sets ``received``; otherwise (or at a second SIGINT) it raises
+    :class:`RunPreempted` immediately.
     """
 
     def __init__(self) -> None:
@@ -108,12 +150,14 @@ class PreemptionGuard:
         return signal.Signals(self.received).name if self.received is not None else "no signal"
 
     def _handle(self, signum: int, frame: Any) -> None:
+        repeated_interrupt = signum == signal.SIGINT and self.received == signal.SIGINT
         first = self.received is None
         self.received = signum
-        if first:
-            print(f"[xlt-run] received {signal.Signals(signum).name}: "
-                  f"{'checkpointing at the next step' if self.training else 'stopping'}", file=sys.stderr, flush=True)
-        if not self.training:
+        if first and self.training:
+            hint = " (Ctrl-C again to stop at once)" if signum == signal.SIGINT else ""
+            print(f"[xlt-run] received {signal.Signals(signum).name}: checkpointing at the next step{hint}",
+                  file=sys.stderr, flush=True)
+        if not self.training or repeated_interrupt:
             raise RunPreempted(self.signal_name, None)
 
     def request_requeue(self) -> None:
@@ -135,15 +179,21 @@ class PreemptionGuard:
                 print(f"[xlt-run] scontrol requeue {job}: {'ok' if code == 0 else f'failed ({code})'}", file=sys.stderr)
 
 
-def resume_checkpoint_callback(guard: PreemptionGuard, path: Path):
-    """The Lightning callback that turns a caught signal into ``resume.ckpt`` + :class:`RunPreempted`."""
+def resume_checkpoint_callback(guard: PreemptionGuard, path: Path, run_id: str, val_check_steps: int,
+                               every_validation: bool):
+    """The Lightning callback that writes ``resume.ckpt`` at the end of an optimiser step that
+    no validation follows (validation runs every ``val_check_steps`` steps): when a caught
+    signal is seen (then raises :class:`RunPreempted`) and, with ``every_validation``, at the
+    first such step after each validation."""
     from pytorch_lightning.callbacks import Callback
 
     class ResumeCheckpoint(Callback):
-        """Checks for a caught signal at each step boundary; restores RNG states at the first step after a resume."""
+        """Saves and stops at optimiser-step boundaries; restores RNG states at the first batch
+        after a resume."""
 
         def __init__(self) -> None:
             self._pending_rng: dict | None = None
+            self._validated_since_save = False
 
         def on_fit_start(self, trainer, pl_module) -> None:
             guard.training = True
@@ -154,25 +204,46 @@ def resume_checkpoint_callback(guard: PreemptionGuard, path: Path):
         def on_exception(self, trainer, pl_module, exception) -> None:
             guard.training = False
 
+        def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+            checkpoint[RUN_ID_KEY] = run_id
+            checkpoint[RNG_STATES_KEY] = capture_rng_states()
+
         def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
             # Dataloader iterators draw from torch's RNG when created, after the checkpoint
             # is loaded; restoring at the first step keeps dropout identical to an uninterrupted run.
-            self._pending_rng = checkpoint.get("rng_states")
+            self._pending_rng = checkpoint.get(RNG_STATES_KEY)
+
+        def on_validation_end(self, trainer, pl_module) -> None:
+            self._validated_since_save = not trainer.sanity_checking
 
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
             if self._pending_rng is not None:
                 restore_rng_states(self._pending_rng)
                 self._pending_rng = None
-            stop = trainer.strategy.reduce_boolean_decision(guard.received is not None, all=False)
-            if not stop:
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            # Only where Lightning's restart logic resumes exactly: after the batch that completes
+            # an optimiser step (RESTARTED_ON_TRAIN_BATCH_END), and not before a validation that
+            # is due now or at the end of training (a restart there would skip that validation).
+            step = trainer.global_step
+            if (batch_idx + 1) % trainer.accumulate_grad_batches or step >= trainer.max_steps \
+                    or step % val_check_steps == 0:
                 return
+            stop = trainer.strategy.reduce_boolean_decision(guard.received is not None, all=False)
+            if stop or (every_validation and self._validated_since_save):
+                self._save(trainer)
+            if stop:
+                raise RunPreempted(guard.signal_name if guard.received is not None else "a peer rank's signal",
+                                   str(path), step)
+
+        def _save(self, trainer) -> None:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".ckpt.tmp")
+            tmp = path.with_name(path.name + ".tmp")
             trainer.save_checkpoint(str(tmp))
             if trainer.is_global_zero:
                 os.replace(tmp, path)
             trainer.strategy.barrier("resume_checkpoint")
-            raise RunPreempted(guard.signal_name if guard.received is not None else "a peer rank's signal", str(path))
+            self._validated_since_save = False
 
     return ResumeCheckpoint()
 
@@ -202,10 +273,28 @@ def restore_rng_states(rng: dict) -> None:
 
 
 def existing_resume_checkpoint(checkpoint_dir: Path) -> str | None:
-    """``checkpoint_dir/resume.ckpt`` if present and loadable-looking, else None."""
+    """``checkpoint_dir/resume.ckpt`` if the file exists, else None (see :func:`read_resume_checkpoint`)."""
     path = Path(checkpoint_dir) / RESUME_CHECKPOINT
-    return str(path) if path.is_file() and path.stat().st_size > 0 else None
+    return str(path) if path.is_file() else None
 
 
-def checkpoint_global_step(path: str) -> int:
-    return int(torch.load(path, map_location="cpu", weights_only=False)["global_step"])
+def read_resume_checkpoint(path: str, run_id: str) -> int:
+    """The optimiser step ``path`` was saved at, after checking that it can be loaded safely
+    (``weights_only=True``: no code runs) and that it belongs to run ``run_id``.
+
+    Raises :class:`ResumeCheckpointError` naming the file and how to discard it.
+    """
+    discard = (f"Delete it to restart this run from the beginning (rm {path}), or restore a good copy; "
+               "a relaunch then proceeds.")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        step = int(checkpoint["global_step"])
+    except Exception as exc:  # truncated, not a checkpoint, or needing unsafe unpickling
+        reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise ResumeCheckpointError(f"cannot resume: {path} is corrupt, truncated or not a safe xlt_runner "
+                                    f"checkpoint ({type(exc).__name__}: {reason}). {discard}") from None
+    saved_for = checkpoint.get(RUN_ID_KEY)
+    if saved_for is not None and saved_for != run_id:
+        raise ResumeCheckpointError(f"cannot resume: {path} was saved by run {saved_for}, not {run_id} "
+                                    f"(a copied or moved run directory?). {discard}")
+    return step

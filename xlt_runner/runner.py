@@ -1,11 +1,15 @@
 """One zero-shot cross-lingual transfer run, from a composed config to ``results.json``.
 
-``run(cfg, run_dir)``: skip if the directory already holds complete results (unless
-``overwrite``), else train on the source languages, keep the checkpoint that is best
-on the source dev split, evaluate it on the test split of every target language in
-the same process, and write the record. The record says ``running`` while the run is
-under way, ``failed`` (with the traceback) if it raised, and ``complete`` only after
-every metric is in.
+``run(cfg, run_dir)``: skip if the directory already holds complete results computed on
+the same data (unless ``overwrite``), else train on the source languages, keep the
+checkpoint that is best on the source dev split, evaluate it on the test split of every
+target language in the same process, and write the record. The record says ``running``
+while the run is under way; ``failed`` (with the traceback), ``preempted`` or
+``interrupted`` if it ended early; and ``complete`` only after every metric is in and the
+training ran its whole step budget (or early stopping says why not: ``record["training"]``).
+
+``overwrite=true`` over a complete result runs in ``<run_dir>/.rerun`` and replaces the old
+result only once the new one is complete; a failed rerun leaves the old result in place.
 """
 from __future__ import annotations
 
@@ -66,16 +70,31 @@ def group_means(per_language: dict[str, dict[str, float]], members: dict[str, li
     return groups
 
 
+#: Where an ``overwrite=true`` rerun of a complete result runs until it completes (a dot-dir:
+#: ``xlt-report`` does not read it).
+STAGING_DIR = ".rerun"
+
+
+class IncompleteTrainingError(RuntimeError):
+    """Training ended before its step budget without early stopping: no result may be recorded."""
+
+
+class DataChangedError(RuntimeError):
+    """A complete result was computed on other data than the benchmark now holds."""
+
+
 def run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) -> dict[str, Any]:
     """Execute one run into ``run_dir``; returns its record. Raises on failure (record says so).
 
     Holds ``run_dir/.lock`` for the whole run (another process holding it: skipped, returns
     ``{"status": "locked", "skipped": True}``). Under DDP every rank calls this; only global
-    rank 0 takes the lock and writes the record. A caught SIGTERM/SIGUSR1/SIGUSR2 ends the
-    run with a ``preempted`` record and :class:`~xlt_runner.resume.RunPreempted`; a
-    relaunch resumes from ``checkpoints/resume.ckpt``.
+    rank 0 takes the lock and writes the record. A caught SIGTERM/SIGUSR1/SIGUSR2/SIGINT
+    ends the run with a ``preempted`` (SIGINT: ``interrupted``) record and
+    :class:`~xlt_runner.resume.RunPreempted`; a relaunch resumes from ``checkpoints/resume.ckpt``.
+    A complete record is reused only if its data fingerprint equals the benchmark's now
+    (else :class:`DataChangedError`).
     """
-    from xlt_runner.resume import RESUME_CHECKPOINT, PreemptionGuard, RunLock, RunPreempted, process_rank
+    from xlt_runner.resume import RunLock, process_rank
 
     run_dir = Path(run_dir)
     writer = process_rank() == 0
@@ -84,48 +103,129 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) -> d
         print(f"[xlt-run] skip: {run_dir} is locked by another process running it ({lock.path})")
         return {"status": "locked", "skipped": True, "run_dir": str(run_dir)}
     try:
+        if writer:
+            promote_staged_rerun(run_dir)  # finishes a replacement that a crash interrupted
         existing = read_record(run_dir)
-        if existing is not None and existing.get("status") == "complete" and not cfg.overwrite:
+        complete = existing is not None and existing.get("status") == "complete"
+        if complete and not cfg.overwrite:
+            check_same_data(cfg, existing, run_dir)
             log.info("skipping %s: results are complete in %s (set overwrite=true to rerun)", existing["run_id"], run_dir)
             print(f"[xlt-run] skip: {run_dir / RESULTS_FILE} is complete (overwrite=true reruns it)")
             existing["skipped"] = True
             return existing
-        if existing is not None and cfg.overwrite and writer:
-            for stale in ("checkpoints", "csv"):
-                shutil.rmtree(run_dir / stale, ignore_errors=True)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        record = new_record(cfg, overrides or [])
-        if existing is not None and existing.get("status") in ("preempted", "failed", "running"):
-            record["attempt"] = int(existing.get("attempt", 1)) + 1
-        write = (lambda: write_json_atomic(run_dir / RESULTS_FILE, record)) if writer else (lambda: None)
-        write()
-        t0 = time.perf_counter()
-        wandb_logger = None
-        with PreemptionGuard() as guard:
+        if complete:
+            print(f"[xlt-run] overwrite: rerunning in {run_dir / STAGING_DIR}; the complete result in {run_dir} "
+                  "stays until the rerun completes")
             try:
-                wandb_logger = _execute(cfg, run_dir, record, t0, guard)
-            except BaseException as exc:  # record every failure, including KeyboardInterrupt, then re-raise
-                preempted = isinstance(exc, RunPreempted)
-                record.update(status="preempted" if preempted else "failed", finished_at=_now(),
-                              error={"type": type(exc).__name__, "message": str(exc),
-                                     "traceback": traceback.format_exc()})
-                record["timings"]["total_s"] = time.perf_counter() - t0
-                write()
-                _finish_wandb(wandb_logger, exit_code=1)
-                if preempted:
-                    guard.request_requeue()
+                record = attempt(cfg, run_dir / STAGING_DIR, overrides or [], writer)
+            except BaseException:
+                print(f"[xlt-run] the rerun did not complete (its record: {run_dir / STAGING_DIR / RESULTS_FILE}); "
+                      f"{run_dir} still holds the complete result", file=sys.stderr)
                 raise
-            record["timings"]["total_s"] = time.perf_counter() - t0
-            record.update(status="complete", finished_at=_now())
             if writer:
-                write_per_language_csv(run_dir, record)
-                write()
-                (run_dir / "checkpoints" / RESUME_CHECKPOINT).unlink(missing_ok=True)
-            _finish_wandb(wandb_logger, exit_code=0)
-        return record
+                promote_staged_rerun(run_dir)
+            return record
+        return attempt(cfg, run_dir, overrides or [], writer)
     finally:
         if lock is not None:
             lock.release()
+
+
+def attempt(cfg: DictConfig, run_dir: Path, overrides: list[str], writer: bool) -> dict[str, Any]:
+    """One attempt at the run in ``run_dir`` (resuming from ``checkpoints/resume.ckpt`` if there)."""
+    from xlt_runner.resume import RESUME_CHECKPOINT, PreemptionGuard, RunPreempted
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    previous = read_record(run_dir)
+    record = new_record(cfg, overrides)
+    if previous is not None and previous.get("status") in ("preempted", "interrupted", "failed", "running"):
+        record["attempt"] = int(previous.get("attempt", 1)) + 1
+    write = (lambda: write_json_atomic(run_dir / RESULTS_FILE, record)) if writer else (lambda: None)
+    write()
+    t0 = time.perf_counter()
+    wandb_logger = None
+    with PreemptionGuard() as guard:
+        try:
+            wandb_logger = _execute(cfg, run_dir, record, t0, guard)
+        except BaseException as exc:  # record every failure, including KeyboardInterrupt, then re-raise
+            if isinstance(exc, RunPreempted):
+                exc = name_resume_checkpoint(exc, run_dir / "checkpoints" / RESUME_CHECKPOINT, record["run_id"])
+            status = ("interrupted" if isinstance(exc, KeyboardInterrupt) or getattr(exc, "interrupted", False)
+                      else "preempted" if isinstance(exc, RunPreempted) else "failed")
+            record.update(status=status, finished_at=_now(),
+                          error={"type": type(exc).__name__, "message": str(exc),
+                                 "traceback": traceback.format_exc()})
+            record["timings"]["total_s"] = time.perf_counter() - t0
+            write()
+            _finish_wandb(wandb_logger, exit_code=1)
+            if status == "preempted":
+                guard.request_requeue()
+            if isinstance(exc, RunPreempted):
+                raise exc from None
+            raise
+        record["timings"]["total_s"] = time.perf_counter() - t0
+        record.update(status="complete", finished_at=_now())
+        if writer:
+            write_per_language_csv(run_dir, record)
+            write()
+            (run_dir / "checkpoints" / RESUME_CHECKPOINT).unlink(missing_ok=True)
+        _finish_wandb(wandb_logger, exit_code=0)
+    return record
+
+
+def name_resume_checkpoint(exc, path: Path, run_id: str):
+    """``exc`` naming the resumable checkpoint on disk when the stop itself wrote none."""
+    from xlt_runner.resume import ResumeCheckpointError, read_resume_checkpoint
+    if exc.checkpoint is not None or not path.is_file():
+        return exc
+    try:
+        return exc.with_checkpoint(str(path), read_resume_checkpoint(str(path), run_id))
+    except ResumeCheckpointError:
+        return exc
+
+
+def promote_staged_rerun(run_dir: Path) -> None:
+    """Move a *complete* rerun from ``run_dir/.rerun`` over the old result: every artefact
+    first, ``results.json`` last (atomic rename), then drop the staging directory.
+
+    Idempotent: a crash part-way leaves the complete staged record in place, and the next
+    call (every run starts with one) finishes the move. A staged rerun that is not
+    complete is left alone (a relaunch with ``overwrite=true`` resumes it).
+    """
+    staging = run_dir / STAGING_DIR
+    staged = read_record(staging) if staging.is_dir() else None
+    if staged is None or staged.get("status") != "complete":
+        return
+    for entry in sorted(staging.iterdir()):
+        if entry.name in (RESULTS_FILE, ".lock"):
+            continue
+        target = run_dir / entry.name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+        os.replace(entry, target)
+    os.replace(staging / RESULTS_FILE, run_dir / RESULTS_FILE)
+    shutil.rmtree(staging, ignore_errors=True)
+    print(f"[xlt-run] replaced the result in {run_dir} with the completed rerun")
+
+
+def check_same_data(cfg: DictConfig, record: dict[str, Any], run_dir: Path) -> None:
+    """Raise :class:`DataChangedError` if ``record`` was computed on other benchmark data than
+    ``cfg.benchmark`` now points at (content fingerprint; paths do not matter)."""
+    from xlt_runner.data import build_benchmark
+    recorded = record.get("data_fingerprint")
+    if recorded is None:
+        print(f"[xlt-run] warning: {run_dir / RESULTS_FILE} predates data fingerprints; "
+              "reusing it without checking its data", file=sys.stderr)
+        return
+    current = build_benchmark(cfg.benchmark, cfg.paths.cache_dir).fingerprint()
+    if current != recorded:
+        raise DataChangedError(
+            f"{run_dir / RESULTS_FILE} is complete but was computed on other data: benchmark "
+            f"{cfg.benchmark.name} fingerprint {recorded} then, {current} now "
+            f"(benchmark.data_dir={cfg.benchmark.data_dir}). Rerun it on the current data with overwrite=true "
+            "(the old result stays until the rerun completes), or write to another paths.output_root / sweep_name.")
 
 
 def _execute(cfg: DictConfig, run_dir: Path, record: dict[str, Any], t0: float, guard=None):
@@ -140,16 +240,13 @@ def _execute(cfg: DictConfig, run_dir: Path, record: dict[str, Any], t0: float, 
     cache_dir = cfg.paths.cache_dir
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     benchmark = build_benchmark(cfg.benchmark, cache_dir)
-    # a benchmark with languages beyond the default table (the CLDR demo) brings its own rows
-    table = benchmark.language_table() if hasattr(benchmark, "language_table") else LanguageTable.default()
+    record["data_fingerprint"] = benchmark.fingerprint()
+    table = LanguageTable.for_benchmark(benchmark)
     available = benchmark.languages()
-    source = table.resolve(list(cfg.languages.source), available)
-    targets = table.resolve(list(cfg.languages.targets), available)
-    if not source:
-        raise_missing("languages.source", cfg.languages.source, benchmark.name, available)
-    if not targets:
-        raise_missing("languages.targets", cfg.languages.targets, benchmark.name, available)
-    members = {g: table.resolve([g], targets) for g in cfg.languages.groups}
+    source, targets, members = table.select_run_languages(cfg.languages, available, benchmark.location)
+    if cfg.regime.name == "langid_probe":  # checked before training, used after it
+        probe_languages = table.resolve_in_data("regime.probe_languages", list(cfg.regime.probe_languages),
+                                                available, benchmark.location)
     record.update(source_languages=source, target_languages=targets, group_members=members,
                   regime=cfg.regime.name)
 
@@ -184,14 +281,14 @@ def _execute(cfg: DictConfig, run_dir: Path, record: dict[str, Any], t0: float, 
     record["timings"]["setup_s"] = time.perf_counter() - t0
 
     t_train = time.perf_counter()
-    trainer, best_path, record["best"] = fit_stage(
+    trainer, best_path, record["best"], record["training"] = fit_stage(
         cfg, method, datamodule, run_dir / "checkpoints", loggers, max_steps=cfg.trainer.max_steps,
         val_check_interval=cfg.trainer.val_check_interval, patience=cfg.trainer.early_stopping_patience,
         guard=guard, record=record)
     record["timings"]["train_s"] = time.perf_counter() - t_train
 
     t_test = time.perf_counter()
-    trainer.test(method, datamodule=datamodule, ckpt_path=best_path, verbose=False)
+    trainer.test(method, datamodule=datamodule, ckpt_path=best_path, verbose=False, weights_only=True)
     per_language = dict(method.test_results)
     if cfg.regime.name == "sequential":
         record["zero_shot_per_language"] = per_language
@@ -201,16 +298,21 @@ def _execute(cfg: DictConfig, run_dir: Path, record: dict[str, Any], t0: float, 
     if missing:
         raise RuntimeError(f"no test results for {len(missing)} target languages, e.g. {missing[:5]}")
     record["timings"]["test_s"] = time.perf_counter() - t_test
+    if datamodule.subsampled_ids:
+        from xlt_runner.data.classification import SUBSAMPLE_SEED
+        record["subsample"] = {"stratified_by": "label", "seed": SUBSAMPLE_SEED,
+                               "max_train_examples_per_language": cfg.benchmark.max_train_examples_per_language,
+                               "max_eval_examples_per_language": cfg.benchmark.max_eval_examples_per_language,
+                               "example_ids": datamodule.subsampled_ids}
     record["per_language"] = per_language
     record["groups"] = group_means(per_language, members)
     if cfg.regime.name == "langid_probe":
         from xlt_runner.probe import language_id_probe
-        probe_languages = table.resolve(list(cfg.regime.probe_languages), available)
         record["probe"] = language_id_probe(method, benchmark, backbone.tokenizer, probe_languages, cfg)
         record["groups"]["langid_probe"] = {"accuracy": record["probe"]["accuracy"],
                                             "macro_f1": record["probe"]["macro_f1"],
                                             "n_languages": len(probe_languages)}
-    method.save_trainable(str(run_dir / "method_weights.safetensors"))
+    method.save_trainable(run_dir / "method_weights.safetensors")
     if wandb_logger is not None:
         log_wandb_results(wandb_logger, record)
     print_summary(record)
@@ -220,42 +322,72 @@ def _execute(cfg: DictConfig, run_dir: Path, record: dict[str, Any], t0: float, 
 def fit_stage(cfg: DictConfig, method, datamodule, checkpoint_dir: Path, loggers: list, *, max_steps: int,
               val_check_interval: int, patience: int | None, guard=None, record: dict | None = None):
     """Train for ``max_steps``, validating every ``val_check_interval`` steps on the source dev
-    split; returns the trainer, the best checkpoint's path and ``{"step", "val_accuracy"}``.
+    split; returns the trainer, the best checkpoint's path, ``{"step", "monitor", "val_accuracy"}``
+    and ``{"max_steps", "trained_steps", "stop_reason"}``.
 
-    With a :class:`~xlt_runner.resume.PreemptionGuard`, a caught signal saves
-    ``checkpoint_dir/resume.ckpt`` and raises ``RunPreempted``, and an existing
-    ``resume.ckpt`` is resumed from (noted in ``record["resumed_from_step"]``).
+    Raises :class:`IncompleteTrainingError` if training ended short of ``max_steps`` without
+    early stopping. With a :class:`~xlt_runner.resume.PreemptionGuard`, ``checkpoint_dir/resume.ckpt``
+    is written when a signal is caught (then ``RunPreempted``) and after every validation
+    (``trainer.resume_checkpoint_every_validation``), and an existing one is resumed from
+    (noted in ``record["resumed_from_step"]``).
     """
     import torch
 
-    from xlt_runner.resume import RESUME_CHECKPOINT, checkpoint_global_step, existing_resume_checkpoint
-    from xlt_runner.resume import resume_checkpoint_callback
+    from xlt_runner.resume import RESUME_CHECKPOINT, RunPreempted, existing_resume_checkpoint
+    from xlt_runner.resume import read_resume_checkpoint, resume_checkpoint_callback
 
     method.total_steps = max_steps
     checkpoint = build_checkpoint_callback(checkpoint_dir)
     callbacks = [checkpoint, *build_callbacks(cfg, method, max_steps, patience)]
     resume_from = None
     if guard is not None:
-        callbacks.append(resume_checkpoint_callback(guard, checkpoint_dir / RESUME_CHECKPOINT))
+        run_id = record["run_id"] if record is not None else compute_run_id(cfg)
+        callbacks.append(resume_checkpoint_callback(guard, checkpoint_dir / RESUME_CHECKPOINT, run_id,
+                                                    val_check_steps=max(1, min(val_check_interval, max_steps)),
+                                                    every_validation=cfg.trainer.resume_checkpoint_every_validation))
         resume_from = existing_resume_checkpoint(checkpoint_dir)
-        if resume_from and record is not None:
-            record["resumed_from_step"] = checkpoint_global_step(resume_from)
-            print(f"[xlt-run] resuming from {resume_from} (step {record['resumed_from_step']})")
+        if resume_from:
+            step = read_resume_checkpoint(resume_from, run_id)
+            if record is not None:
+                record["resumed_from_step"] = step
+            print(f"[xlt-run] resuming from {resume_from} (step {step} of {max_steps})")
     trainer = build_trainer(cfg, checkpoint_dir.parent, loggers, callbacks, max_steps, val_check_interval)
     if guard is not None:
-        # The runner owns SIGTERM/SIGUSR1: Lightning's handlers would stop mid-validation
+        # The runner owns SIGTERM/SIGUSR1/SIGINT: Lightning's handlers would stop mid-validation
         # (SIGTERM) or write their own hpc checkpoint and requeue (SIGUSR1 under SLURM).
         trainer._signal_connector.register_signal_handlers = lambda: None
-    trainer.fit(method, datamodule=datamodule, ckpt_path=resume_from)
+    trainer.fit(method, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
     if trainer.interrupted:
         raise KeyboardInterrupt("training was interrupted")
+    if guard is not None and guard.received is not None:  # caught after the last step boundary
+        raise RunPreempted(guard.signal_name, None)
+    training = training_outcome(trainer, callbacks, max_steps)
     best_path = checkpoint.best_model_path or None
     best = None
     if best_path:
         score = checkpoint.best_model_score
         step = torch.load(best_path, map_location="cpu", weights_only=True)["global_step"]
-        best = {"step": int(step), "val_accuracy": float(score) if score is not None else None}
-    return trainer, best_path, best
+        best = {"step": int(step), "monitor": checkpoint.monitor,
+                "val_accuracy": float(score) if score is not None else None}
+    return trainer, best_path, best, training
+
+
+def training_outcome(trainer, callbacks: list, max_steps: int) -> dict[str, Any]:
+    """``{"max_steps", "trained_steps", "stop_reason"}`` after ``trainer.fit``; raises
+    :class:`IncompleteTrainingError` when fewer steps ran and early stopping did not stop it."""
+    from xlt_runner.callbacks import DelayedEarlyStopping
+    trained = int(trainer.global_step)
+    outcome = {"max_steps": max_steps, "trained_steps": trained, "stop_reason": "max_steps"}
+    if trained >= max_steps:
+        return outcome
+    stopper = next((c for c in callbacks if isinstance(c, DelayedEarlyStopping)), None)
+    if stopper is not None and stopper.stopped_step is not None:
+        outcome["stop_reason"] = stopper.stop_reason()
+        return outcome
+    raise IncompleteTrainingError(
+        f"training ended after {trained} of {max_steps} optimiser steps without early stopping; "
+        "no result is recorded (a resumed run whose data loader or loop state disagree would do this). "
+        "Relaunching resumes or restarts the run.")
 
 
 def sequential_targets(cfg: DictConfig, method, datamodule_for, targets: list[str], run_dir: Path) -> dict:
@@ -275,22 +407,17 @@ def sequential_targets(cfg: DictConfig, method, datamodule_for, targets: list[st
                                          source_languages=[lang])
         method.reset_metrics()
         method.enter_target_phase()
-        trainer, best_path, _ = fit_stage(cfg, method, dm, run_dir / "targets" / lang, [],
-                                          max_steps=r.target_max_steps, val_check_interval=r.target_val_check_interval,
-                                          patience=r.target_early_stopping_patience)
-        trainer.test(method, datamodule=dm, ckpt_path=best_path, verbose=False)
+        trainer, best_path, _, _ = fit_stage(cfg, method, dm, run_dir / "targets" / lang, [],
+                                             max_steps=r.target_max_steps,
+                                             val_check_interval=r.target_val_check_interval,
+                                             patience=r.target_early_stopping_patience)
+        trainer.test(method, datamodule=dm, ckpt_path=best_path, verbose=False, weights_only=True)
         results[lang] = method.test_results[lang]
         shutil.rmtree(run_dir / "targets" / lang / "checkpoints", ignore_errors=True)
     method.load_state_dict(source_state, strict=False)
     method.task = source_task
     method.reset_metrics()
     return results
-
-
-def raise_missing(key: str, value, benchmark: str, available: list[str]) -> None:
-    from xlt_runner.config import ConfigError
-    raise ConfigError(f"{key}={list(value)} selects no language of benchmark {benchmark}, "
-                      f"which has {len(available)}: {', '.join(available[:12])}{' ...' if len(available) > 12 else ''}")
 
 
 # ------------------------------------------------------------------- Lightning parts

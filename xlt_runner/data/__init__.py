@@ -32,6 +32,7 @@ class Example:
 class ClassificationBenchmark(Protocol):
     name: str
     labels: list[str]  # official order
+    location: str  # where the data are, for messages: "data directory '/x'" or "Hub dataset 'Davlan/sib200'"
 
     def languages(self) -> list[str]:
         """Codes available, sorted."""
@@ -40,7 +41,8 @@ class ClassificationBenchmark(Protocol):
         """Examples of one language and split in file order; raises BenchmarkDataError."""
 
     def fingerprint(self) -> str:
-        """A string that changes when the underlying data change (keys tokenisation caches)."""
+        """A hex digest of the data's content: equal for an identical copy elsewhere, different
+        when any byte of any data file changes (keys tokenisation caches and result reuse)."""
 
 
 def build_benchmark(cfg: BenchmarkConfig, cache_dir: str) -> ClassificationBenchmark:

@@ -25,7 +25,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from xlt_runner.data import BenchmarkDataError, ClassificationBenchmark
+from xlt_runner.data import BenchmarkDataError, ClassificationBenchmark, Example
 
 log = logging.getLogger(__name__)
 
@@ -33,12 +33,40 @@ MEGABATCH_FACTOR = 50  # length grouping: sort within windows of 50 batches, lik
 
 
 # --------------------------------------------------------------------------- tokenised
+#: Seed of the subsample that a ``max_*_examples_per_language`` cap takes. Fixed, so every run
+#: of a sweep, whatever its own seed, sees the same examples; and the same for every language,
+#: so on parallel data (SIB-200) the same sentences are drawn in every language.
+SUBSAMPLE_SEED = 0
+#: Bumped when the tokenised-cache format or the subsampling changes (old files become misses).
+CACHE_FORMAT = "v2-stratified"
+
+
+def stratified_subsample(examples: Sequence[Example], limit: int | None) -> list[Example]:
+    """``limit`` examples whose label shares match ``examples``' (largest remainder), drawn
+    without replacement with :data:`SUBSAMPLE_SEED`, returned in file order. Files sorted by
+    label (SIB-200's are) would otherwise give one class to a first-N cap."""
+    if limit is None or limit >= len(examples):
+        return list(examples)
+    by_label: dict[int, list[int]] = {}
+    for i, example in enumerate(examples):
+        by_label.setdefault(example.label, []).append(i)
+    labels = sorted(by_label)
+    quota = {label: limit * len(by_label[label]) / len(examples) for label in labels}
+    count = {label: int(quota[label]) for label in labels}
+    for label in sorted(labels, key=lambda l: (count[l] - quota[l], l))[:limit - sum(count.values())]:
+        count[label] += 1
+    rng = np.random.default_rng(SUBSAMPLE_SEED)
+    chosen = [i for label in labels for i in rng.permutation(by_label[label])[:count[label]].tolist()]
+    return [examples[i] for i in sorted(chosen)]
+
+
 @dataclass
 class TokenizedSplit:
     """Token ids of one (language, split), stored flat with offsets."""
     ids: np.ndarray  # int32, all sequences concatenated
     offsets: np.ndarray  # int64, len = n + 1
     labels: np.ndarray  # int64, len = n
+    example_ids: np.ndarray  # str, len = n: the benchmark's ``Example.id`` of each row
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -62,8 +90,10 @@ def tokenizer_fingerprint(tokenizer) -> str:
 class TokenizationCache:
     """Tokenises (language, split) texts once and keeps the result on disk.
 
-    The key covers the benchmark's data fingerprint, the tokenizer, the text prefix and
-    the maximum length, so a second run with the same settings does not re-tokenise.
+    The key covers the benchmark's data fingerprint, the tokenizer, the text prefix, the
+    maximum length and the example cap (a stratified subsample, :func:`stratified_subsample`),
+    so a second run with the same settings does not re-tokenise. A cache file that cannot be
+    read is a miss: it is rebuilt, with a warning.
     """
 
     def __init__(self, root: str | os.PathLike, tokenizer, max_length: int, text_prefix: str = "") -> None:
@@ -76,19 +106,24 @@ class TokenizationCache:
         self.misses = 0
 
     def key(self, benchmark: ClassificationBenchmark, lang: str, split: str, limit: int | None) -> str:
-        raw = f"{benchmark.name}|{benchmark.fingerprint()}|{lang}|{split}|{limit}|{self._tok_fp}|{self.max_length}|{self.text_prefix}"
+        raw = (f"{CACHE_FORMAT}|{benchmark.name}|{benchmark.fingerprint()}|{lang}|{split}|{limit}|{self._tok_fp}|"
+               f"{self.max_length}|{self.text_prefix}")
         return hashlib.sha1(raw.encode()).hexdigest()[:20]
 
     def get(self, benchmark: ClassificationBenchmark, lang: str, split: str, limit: int | None = None) -> TokenizedSplit:
         path = self.root / f"{benchmark.name}-{lang}-{split}-{self.key(benchmark, lang, split, limit)}.npz"
         if path.exists():
-            self.hits += 1
-            with np.load(path) as z:
-                return TokenizedSplit(z["ids"], z["offsets"], z["labels"])
+            try:
+                with np.load(path, allow_pickle=False) as z:
+                    cached = TokenizedSplit(z["ids"], z["offsets"], z["labels"], z["example_ids"])
+                self.hits += 1
+                return cached
+            except Exception as exc:  # truncated, not an npz, missing arrays: rebuild it
+                log.warning("tokenised-data cache file %s is unreadable (%s: %s); rebuilding it",
+                            path, type(exc).__name__, exc)
+                path.unlink(missing_ok=True)
         self.misses += 1
-        examples = benchmark.load(lang, split)
-        if limit is not None:
-            examples = examples[:limit]
+        examples = stratified_subsample(benchmark.load(lang, split), limit)
         if not examples:
             raise BenchmarkDataError(f"{benchmark.name}: split '{split}' of language '{lang}' is empty")
         encoded = self.tokenizer([self.text_prefix + ex.text for ex in examples], truncation=True,
@@ -98,10 +133,12 @@ class TokenizationCache:
             ids=np.fromiter((t for seq in encoded for t in seq), dtype=np.int32, count=int(lengths.sum())),
             offsets=np.concatenate([[0], np.cumsum(lengths)]),
             labels=np.asarray([ex.label for ex in examples], dtype=np.int64),
+            example_ids=np.asarray([ex.id for ex in examples], dtype=str),
         )
         self.root.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
-        np.savez(tmp, ids=split_data.ids, offsets=split_data.offsets, labels=split_data.labels)
+        np.savez(tmp, ids=split_data.ids, offsets=split_data.offsets, labels=split_data.labels,
+                 example_ids=split_data.example_ids)
         os.replace(tmp, path)
         return split_data
 
@@ -159,6 +196,11 @@ class LengthGroupedTrainSampler(Sampler[list[int]]):
     therefore a pure function of (seed, k), so a resumed run continues exactly where it
     stopped by setting ``start_batch``. With ``world_size > 1`` each rank takes every
     ``world_size``-th batch.
+
+    The whole run is one Lightning epoch of ``len(sampler) == num_batches`` batches. A resumed
+    run yields only batches ``start_batch .. num_batches - 1``: Lightning restores its own
+    position in the epoch (``start_batch`` batches done) and counts on from there, so the
+    length stays the whole epoch's; the epoch ends when both agree that ``num_batches`` are done.
     """
 
     def __init__(self, lengths: np.ndarray, batch_size: int, num_batches: int, seed: int,
@@ -202,7 +244,7 @@ class LengthGroupedTrainSampler(Sampler[list[int]]):
             yield self.global_batch(k * self.world_size + self.rank).tolist()
 
     def __len__(self) -> int:
-        return max(0, self.num_batches - self.start_batch)
+        return self.num_batches
 
 
 class SortedEvalSampler(Sampler[list[int]]):
@@ -259,11 +301,15 @@ class ClassificationDataModule(pl.LightningDataModule):
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.collator = PaddingCollator(pad)
         self._datasets: dict[str, MultiLanguageDataset] = {}
+        #: stage -> language -> ids of the examples a ``max_*_examples_per_language`` cap kept
+        self.subsampled_ids: dict[str, dict[str, list[str]]] = {}
         self.train_sampler: LengthGroupedTrainSampler | None = None
 
     def _build(self, stage: str, languages: list[str], limit: int | None) -> MultiLanguageDataset:
         index = {lang: i for i, lang in enumerate(self.eval_languages)}
         splits = [self.cache.get(self.benchmark, lang, self.splits[stage], limit) for lang in languages]
+        if limit is not None:
+            self.subsampled_ids[stage] = {lang: split.example_ids.tolist() for lang, split in zip(languages, splits)}
         return MultiLanguageDataset(splits, [index[lang] for lang in languages])
 
     def setup(self, stage: str | None = None) -> None:

@@ -481,6 +481,7 @@ class CldrDemo:
         self.name = cfg.name
         self.labels = list(LABELS)
         self._reader = TsvClassificationBenchmark(cfg.name, self.root, self.labels)
+        self.location = self._reader.location
 
     def languages(self) -> list[str]:
         return self._reader.languages()

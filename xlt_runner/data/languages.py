@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from xlt_runner.config import ConfigError
+from xlt_runner.config import ConfigError, LanguagesConfig
 
 DEFAULT_TABLE_PATH = Path(__file__).with_name("languages.tsv")
 ENARZHO = ("eng_Latn", "arb_Arab", "zho_Hans")
@@ -82,6 +82,13 @@ class LanguageTable:
         """The packaged SIB-200 table (205 codes), loaded once per process."""
         return _default_table()
 
+    @classmethod
+    def for_benchmark(cls, benchmark: object) -> LanguageTable:
+        """The benchmark's own table when it brings one (``language_table()``: the CLDR demo
+        adds locales beyond SIB-200), else the default."""
+        own = getattr(benchmark, "language_table", None)
+        return own() if own is not None else cls.default()
+
     def extended(self, languages: list[Language]) -> LanguageTable:
         """A new table with ``languages`` added; codes already present keep their row."""
         extra = [lang for lang in languages if lang.code not in self._by_code]
@@ -136,6 +143,40 @@ class LanguageTable:
                 if code not in removed and (available_set is None or code in available_set):
                     resolved[code] = None
         return list(resolved)
+
+    def resolve_in_data(self, key: str, entries: list[str], available: list[str], location: str) -> list[str]:
+        """:meth:`resolve` against the languages a benchmark has (``available``, found at
+        ``location``), for config key ``key``. A named set means "those of its languages the
+        data have"; a code named explicitly (the first term of an entry) is a request, so one
+        the data lack is an error, as is a selection left empty. Raises ConfigError naming
+        ``key``, the code, ``location`` and the closest codes there."""
+        try:
+            resolved = self.resolve(entries, available)
+        except ConfigError as exc:
+            raise ConfigError(f"{key}: {exc}") from None
+        sets = self.named_sets()
+        for entry in entries:
+            code = str(entry).split("-")[0].strip()
+            if code not in sets and code not in available:
+                close = difflib.get_close_matches(code, available, n=5, cutoff=0.5)
+                raise ConfigError(
+                    f"{key}: language {code!r} is not in the benchmark's data ({location}, "
+                    f"{len(available)} languages; closest there: {close or 'none'}). Remove it from {key}, "
+                    f"fix the code, or point benchmark.data_dir at data that have it")
+        if not resolved:
+            raise ConfigError(
+                f"{key}={list(entries)} selects no language of the benchmark's data ({location}), which has "
+                f"{len(available)}: {', '.join(available[:12])}{' ...' if len(available) > 12 else ''}")
+        return resolved
+
+    def select_run_languages(self, languages: LanguagesConfig, available: list[str],
+                             location: str) -> tuple[list[str], list[str], dict[str, list[str]]]:
+        """A run's ``(source, targets, group members)`` from the ``languages`` config section:
+        source and targets by :meth:`resolve_in_data`, each report group restricted to the targets."""
+        source = self.resolve_in_data("languages.source", list(languages.source), available, location)
+        targets = self.resolve_in_data("languages.targets", list(languages.targets), available, location)
+        members = {group: self.resolve([group], targets) for group in languages.groups}
+        return source, targets, members
 
     def _expand(self, term: str, sets: dict[str, list[str]], available: set[str] | None, entry: str) -> list[str]:
         if term in sets:

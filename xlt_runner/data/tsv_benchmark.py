@@ -6,15 +6,16 @@ Layout (``root``)::
     <root>/<lang_code>/labels.txt             one label per line, official order (optional)
 
 The TSV files use CSV-style quoting (a field containing ``"`` is quoted and its inner
-quotes doubled), so they are read with ``csv.reader(f, delimiter="\\t")``.
+quotes doubled), so they are read with ``csv.reader(f, delimiter="\\t")``, in UTF-8.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import difflib
 import hashlib
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 from xlt_runner.config import ConfigError
 from xlt_runner.data import BenchmarkDataError, Example
@@ -26,8 +27,62 @@ SPLITS = ("train", "dev", "test")
 SPLIT_ALIASES = {"validation": "dev"}  # Hub split name -> file split name
 HEADER = ("index_id", "category", "text")
 LABELS_FILE = "labels.txt"
+DATA_FILES = (LABELS_FILE, *(f"{split}.tsv" for split in SPLITS))  # per language: what the reader reads
+# Longest field read, in characters. csv's default (131,072) is raised: a long text is legitimate
+# data. A field over this is almost always an unclosed double quote swallowing the lines after it.
+FIELD_SIZE_LIMIT = 1 << 20
 LAYOUT = "<dir>/<lang_code>/{train,dev,test}.tsv (header index_id<TAB>category<TAB>text) and labels.txt"
 SIB200_LABELS = ["science/technology", "travel", "politics", "sports", "health", "entertainment", "geography"]
+
+
+@contextlib.contextmanager
+def _csv_field_size_limit(limit: int) -> Iterator[None]:
+    """csv's limit is process-wide: set it for one read and restore it after."""
+    previous = csv.field_size_limit(limit)
+    try:
+        yield
+    finally:
+        csv.field_size_limit(previous)
+
+
+def _file_sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _not_utf8_error(name: str, path: Path) -> BenchmarkDataError:
+    """The error for a file that does not decode as UTF-8, naming its first bad line."""
+    with open(path, "rb") as f:
+        for line_number, line in enumerate(f, start=1):  # UTF-8 never has b"\\n" inside a character
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as err:
+                return BenchmarkDataError(
+                    f"{name}: {str(path)!r} line {line_number} is not valid UTF-8 (byte "
+                    f"{line[err.start:err.start + 1]!r} at byte {err.start + 1} of the line); the reader needs "
+                    f"UTF-8: re-encode the file, e.g. iconv -f <its encoding> -t UTF-8")
+    return BenchmarkDataError(f"{name}: {str(path)!r} is not valid UTF-8; re-encode the file as UTF-8")
+
+
+def _numbered_rows(name: str, path: Path, reader) -> Iterator[tuple[int, list[str]]]:
+    """``(line where the row starts, row)`` of a ``csv.reader`` over ``path``; a csv error
+    becomes a BenchmarkDataError naming that line."""
+    while True:
+        line = reader.line_num + 1
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as err:
+            if "field larger than field limit" in str(err):
+                raise BenchmarkDataError(
+                    f"{name}: {str(path)!r} line {line}: a field is longer than {FIELD_SIZE_LIMIT:,} characters. "
+                    f"Usually a double quote opens a field that never closes, so the lines after it read as "
+                    f"one field: quote a field that contains \" and double the quotes inside it (\"\"); "
+                    f"a text really that long must be shortened") from None
+            raise BenchmarkDataError(f"{name}: {str(path)!r} line {line} is not valid TSV ({err}); "
+                                     f"expected {LAYOUT}") from None
+        yield line, row
 
 
 def _split_name(split: str) -> str:
@@ -53,6 +108,7 @@ class TsvClassificationBenchmark:
         self._examples: dict[tuple[str, str], list[Example]] = {}
         self._languages: list[str] | None = None
         self._fingerprint: str | None = None
+        self.location = f"data directory {str(self.root)!r}"
         if not self.root.is_dir():
             raise BenchmarkDataError(
                 f"{name}: data directory {str(self.root)!r} does not exist or is not a directory; "
@@ -74,15 +130,18 @@ class TsvClassificationBenchmark:
         return list(self._examples[key])
 
     def fingerprint(self) -> str:
-        """sha256 over name, labels and every data file's relative path, size and mtime."""
+        """sha256 over name, labels and, per language, the relative path and content sha256 of
+        each file the reader reads (``DATA_FILES``): a copy elsewhere has the same fingerprint,
+        a changed byte a different one. All of SIB-200 (205 languages, 820 files, 44 MB) hashes
+        in 0.06-0.15 s from the page cache (0.4 s cold) here, so no memo; computed once per instance."""
         if self._fingerprint is None:
             digest = hashlib.sha256(f"{self.name}\n{self.labels}\n".encode())
             for lang in self.languages():
-                for path in sorted((self.root / lang).iterdir()):
+                for file_name in DATA_FILES:
+                    path = self.root / lang / file_name
                     if path.is_file():
-                        stat = path.stat()
-                        digest.update(f"{lang}/{path.name}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode())
-            self._fingerprint = digest.hexdigest()[:16]
+                        digest.update(f"{lang}/{file_name}\t{_file_sha256(path)}\n".encode())
+            self._fingerprint = digest.hexdigest()
         return self._fingerprint
 
     def _read(self, lang: str, split: str) -> list[Example]:
@@ -98,40 +157,51 @@ class TsvClassificationBenchmark:
         if not path.is_file():
             raise BenchmarkDataError(f"{self.name}: missing file {str(path)!r} for {lang}/{split}; "
                                      f"expected the layout {LAYOUT}")
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = csv.reader(f, delimiter="\t")
-            header = tuple(next(rows, ()))
-            if header != HEADER:
-                raise BenchmarkDataError(f"{self.name}: {str(path)!r} has header {list(header)}; "
-                                         f"expected {list(HEADER)} (tab-separated)")
-            examples = []
-            seen_ids: set[str] = set()
-            for row_number, row in enumerate(rows, start=2):
-                if not row:
-                    continue
-                if len(row) != len(HEADER):
-                    raise BenchmarkDataError(
-                        f"{self.name}: {str(path)!r} line {row_number} has {len(row)} fields, expected 3 "
-                        f"(index_id, category, text; quote fields containing tabs or double quotes)")
-                index_id, category, text = row
-                if category not in self._label_index:
-                    raise BenchmarkDataError(
-                        f"{self.name}: {str(path)!r} line {row_number} has category {category!r}, "
-                        f"which is not one of the benchmark's labels {self.labels}")
-                if index_id in seen_ids:
-                    raise BenchmarkDataError(f"{self.name}: {str(path)!r} line {row_number} repeats "
-                                             f"index_id {index_id!r}; ids must be unique within a split")
-                seen_ids.add(index_id)
-                examples.append(Example(text=text, label=self._label_index[category], lang=lang, id=index_id))
+        try:
+            with open(path, newline="", encoding="utf-8") as f, _csv_field_size_limit(FIELD_SIZE_LIMIT):
+                examples = self._parse(path, csv.reader(f, delimiter="\t"), lang)
+        except UnicodeDecodeError:
+            raise _not_utf8_error(self.name, path) from None
         if not examples:
             raise BenchmarkDataError(f"{self.name}: split {lang}/{split} is empty: {str(path)!r} has no rows")
+        return examples
+
+    def _parse(self, path: Path, reader, lang: str) -> list[Example]:
+        """Examples of a ``csv.reader`` over ``path``, checked row by row."""
+        rows = _numbered_rows(self.name, path, reader)
+        _, header = next(rows, (1, []))
+        if tuple(header) != HEADER:
+            raise BenchmarkDataError(f"{self.name}: {str(path)!r} has header {header}; "
+                                     f"expected {list(HEADER)} (tab-separated)")
+        examples = []
+        seen_ids: set[str] = set()
+        for line, row in rows:
+            if not row:
+                continue
+            if len(row) != len(HEADER):
+                raise BenchmarkDataError(
+                    f"{self.name}: {str(path)!r} line {line} has {len(row)} fields, expected 3 "
+                    f"(index_id, category, text; quote fields containing tabs or double quotes)")
+            index_id, category, text = row
+            if category not in self._label_index:
+                raise BenchmarkDataError(
+                    f"{self.name}: {str(path)!r} line {line} has category {category!r}, "
+                    f"which is not one of the benchmark's labels {self.labels}")
+            if index_id in seen_ids:
+                raise BenchmarkDataError(f"{self.name}: {str(path)!r} line {line} repeats "
+                                         f"index_id {index_id!r}; ids must be unique within a split")
+            seen_ids.add(index_id)
+            examples.append(Example(text=text, label=self._label_index[category], lang=lang, id=index_id))
         return examples
 
     def _check_labels_file(self, lang: str, path: Path) -> None:
         if not path.is_file():
             return
-        with open(path, encoding="utf-8") as f:
-            file_labels = [line.strip() for line in f if line.strip()]
+        try:
+            with open(path, encoding="utf-8") as f:
+                file_labels = [line.strip() for line in f if line.strip()]
+        except UnicodeDecodeError:
+            raise _not_utf8_error(self.name, path) from None
         if file_labels != self.labels:
             raise BenchmarkDataError(
                 f"{self.name}: labels of language {lang!r} in {str(path)!r} are {file_labels}, "
@@ -156,6 +226,7 @@ class Sib200:
             raise ConfigError("sib200 needs benchmark.data_dir (a local copy of sib-200/data/annotated) "
                               "or benchmark.hub_id (e.g. benchmark.hub_id=Davlan/sib200)")
         self.hub_id = cfg.hub_id
+        self.location = self._local.location if self._local is not None else f"Hub dataset {cfg.hub_id!r}"
         self._hub_examples: dict[tuple[str, str], list[Example]] = {}
         self._hub_fingerprint: str | None = None
 

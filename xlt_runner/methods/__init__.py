@@ -8,7 +8,7 @@ defaults list starts with ``<name>_schema``, and an entry in ``METHODS``.
 from __future__ import annotations
 
 from xlt_runner.config import ConfigError
-from xlt_runner.methods.base import ClassificationMethod, ClassificationTask, NonFiniteLossError
+from xlt_runner.methods.base import ClassificationMethod, ClassificationTask, NonFiniteValueError
 from xlt_runner.methods.finetune import FullFineTuning, HeadOnly, Lora
 from xlt_runner.methods.soft_prompt import CrossPromptEncoder, DualPrompt, SoftPromptTuning
 
@@ -31,4 +31,4 @@ def method_class(name: str) -> type[ClassificationMethod]:
         raise ConfigError(f"unknown method {name!r}; valid choices: {sorted(METHODS)}") from None
 
 
-__all__ = ["METHODS", "method_class", "ClassificationMethod", "ClassificationTask", "NonFiniteLossError"]
+__all__ = ["METHODS", "method_class", "ClassificationMethod", "ClassificationTask", "NonFiniteValueError"]

@@ -15,6 +15,7 @@ kilobytes, not gigabytes; frozen weights come from the backbone source.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -26,11 +27,10 @@ from torch import nn
 from xlt_runner.config import ConfigError, MethodConfig, OptimConfig
 from xlt_runner.metrics import PerLanguageClassification
 from xlt_runner.models import Backbone, count_parameters
-from xlt_runner.resume import capture_rng_states
 
 
-class NonFiniteLossError(FloatingPointError):
-    """The training loss became NaN or infinite."""
+class NonFiniteValueError(FloatingPointError):
+    """The training loss, or the logits at validation or test, became NaN or infinite."""
 
 
 @dataclass
@@ -175,7 +175,7 @@ class ClassificationMethod(pl.LightningModule):
         logits = self(batch)
         loss = nn.functional.cross_entropy(logits.float(), batch["labels"])
         if not torch.isfinite(loss):
-            raise NonFiniteLossError(
+            raise NonFiniteValueError(
                 f"training loss is {loss.item()} at optimiser step {self.global_step} (batch {batch_idx}); "
                 "lower method.optim.lr, enable trainer.gradient_clip_val, or use trainer.precision=32-true")
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["labels"]))
@@ -187,12 +187,20 @@ class ClassificationMethod(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # --------------------------------------------------------------- evaluation
-    def _eval_update(self, metric: PerLanguageClassification, batch: dict[str, torch.Tensor]) -> None:
+    def _eval_update(self, metric: PerLanguageClassification, batch: dict[str, torch.Tensor], stage: str) -> None:
+        """Score one batch; non-finite logits fail the run (their argmax would be a silent class 0)."""
         logits = self(batch)
+        finite = torch.isfinite(logits).all(dim=-1)
+        if not bool(finite.all()):
+            bad = int((~finite).sum())
+            raise NonFiniteValueError(
+                f"{stage}: {bad} of {len(finite)} examples have non-finite logits at optimiser step {self.global_step} "
+                "(the weights hold NaN or inf); no result is recorded. Lower method.optim.lr, enable "
+                "trainer.gradient_clip_val, or use trainer.precision=32-true")
         metric.update(logits.argmax(-1), batch["labels"], batch["lang"])
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._eval_update(self.val_metric, batch)
+        self._eval_update(self.val_metric, batch, "validation")
 
     def on_validation_epoch_end(self) -> None:
         values = self.val_metric.per_language()
@@ -202,7 +210,7 @@ class ClassificationMethod(pl.LightningModule):
         self.log("val/macro_f1", values["macro_f1"][idx].mean().float(), sync_dist=False)
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._eval_update(self.test_metric, batch)
+        self._eval_update(self.test_metric, batch, "test")
 
     def on_test_epoch_end(self) -> None:
         values = self.test_metric.per_language()
@@ -226,7 +234,6 @@ class ClassificationMethod(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         keep = self.trainable_state_dict().keys()
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
-        checkpoint["rng_states"] = capture_rng_states()  # restored at the first resumed step (resume.py)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         missing = set(self.trainable_state_dict()) - set(checkpoint["state_dict"])
@@ -234,11 +241,14 @@ class ClassificationMethod(pl.LightningModule):
             raise RuntimeError(f"checkpoint lacks trainable parameters {sorted(missing)[:5]}...; "
                                "it was written by another method or model")
 
-    def save_trainable(self, path: str) -> None:
-        """Write trainable weights as safetensors (loadable with ``method.init_from=PATH``)."""
+    def save_trainable(self, path: str | os.PathLike) -> None:
+        """Write trainable weights as safetensors (loadable with ``method.init_from=PATH``), atomically."""
         from safetensors.torch import save_file
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.trainable_state_dict().items()}, path,
-                  metadata={"method": self.name, "backbone": self.backbone_name})
+
+        from xlt_runner.results.record import atomic_path
+        with atomic_path(path) as tmp:
+            save_file({k: v.detach().cpu().contiguous() for k, v in self.trainable_state_dict().items()}, str(tmp),
+                      metadata={"method": self.name, "backbone": self.backbone_name})
 
     def load_trainable(self, path: str) -> None:
         """Load weights written by :meth:`save_trainable`; every trainable tensor must be present."""
