@@ -285,7 +285,10 @@ def quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     for pattern in (".*does not have many workers.*", ".*is smaller than the logging interval.*",
                     ".*module\\(s\\) in eval mode.*", ".*exists and is not empty.*", ".*LeafSpec.*",
-                    ".*Checkpoint directory.*"):
+                    ".*Checkpoint directory.*",
+                    # the train sampler resumes from the restored step itself (data/classification.py),
+                    # exactly: tests/test_faults.py
+                    ".*your dataloader is not resumable.*"):
         warnings.filterwarnings("ignore", message=pattern)
 
 

@@ -239,7 +239,7 @@ def resume_checkpoint_callback(guard: PreemptionGuard, path: Path, run_id: str, 
         def _save(self, trainer) -> None:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(path.name + ".tmp")
-            trainer.save_checkpoint(str(tmp))
+            trainer.save_checkpoint(str(tmp), weights_only=False)  # the full training state, not only weights
             if trainer.is_global_zero:
                 os.replace(tmp, path)
             trainer.strategy.barrier("resume_checkpoint")
