@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 NON_IDENTITY_KEYS = ("hydra", "paths", "logger", "overwrite", "sweep_name", "experiment_name")
 #: Nested keys that do not change what a run computes (dotted paths).
 NON_IDENTITY_PATHS = ("benchmark.data_dir", "benchmark.num_workers", "trainer.enable_progress_bar",
-                      "trainer.log_every_n_steps")
+                      "trainer.log_every_n_steps", "trainer.resume_checkpoint_every_validation")
 
 
 def identity_dict(cfg: DictConfig | dict) -> dict[str, Any]:

@@ -736,8 +736,10 @@ def report_main(argv: list[str] | None = None) -> int:
     runs = collect_runs(root)
     status = sweep_status(root, runs)
     summary = status.summary
-    _print_table(console, f"Sweep status under {escape(str(root))}", ["sweep", "cell", *STATUS_COLUMNS, "total"],
-                 [[escape(str(v)) for v in row] for row in summary.itertuples(index=False)])
+    # a status no run has is left out of the console table (status.csv lists every run with its status)
+    shown = ["sweep", "cell", *[c for c in STATUS_COLUMNS if c == "done" or summary[c].any()], "total"]
+    _print_table(console, f"Sweep status under {escape(str(root))}", shown,
+                 [[escape(str(v)) for v in row] for row in summary[shown].itertuples(index=False)])
     for _, run in status.runs[status.runs["status"].isin(["failed", "dead", "unreadable"])].iterrows():
         where = Path(run["run_dir"]) / RESULTS_FILE if run["status"] == "unreadable" else run["run_dir"]
         console.print(f"[red]{run['status']}[/red] {escape(str(where))}: {escape(str(run['error']))}")
