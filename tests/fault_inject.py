@@ -136,5 +136,4 @@ def install() -> None:
 if __name__ == "__main__":
     install()
     from xlt_runner.cli import run_main
-    sys.argv = ["xlt-run", *sys.argv[1:]]
-    run_main()
+    run_main()  # sys.argv[0] stays this file: DDP re-executes it for the other ranks

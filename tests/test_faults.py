@@ -307,3 +307,48 @@ def test_an_interrupted_replacement_is_finished_by_the_next_launch(tmp_path):
     assert (run_dir / "checkpoints" / "best.ckpt").read_text() == "new"
     assert (run_dir / "per_language.csv").read_text() == "old"  # the rerun wrote none here
     assert not (run_dir / STAGING_DIR).exists()
+
+
+def test_a_resume_checkpoint_is_refused_on_changed_data_or_in_a_moved_directory(synthetic_data, shared_cache,
+                                                                                 tmp_path):
+    import shutil
+
+    changed = tmp_path / "changed"
+    shutil.copytree(synthetic_data, changed)
+    out = tmp_path / "out"
+    args = tiny_run_args(synthetic_data, out, shared_cache, *LEARNING_RUN)
+    assert launch(args, fault="SIGTERM@train:20").returncode == 75
+    (train_file := changed / "eng_Latn" / "train.tsv").write_text(
+        train_file.read_text(encoding="utf-8").replace("trav", "tarv"), encoding="utf-8")
+    other_data = launch(tiny_run_args(changed, out, shared_cache, *LEARNING_RUN))
+    assert other_data.returncode == 2 and "trained on other benchmark data" in other_data.stderr, other_data.stderr
+
+    moved = tmp_path / "moved"
+    shutil.move(out, moved)
+    in_moved = launch(tiny_run_args(synthetic_data, moved, shared_cache, *LEARNING_RUN))
+    assert in_moved.returncode == 2 and "a moved or copied run directory" in in_moved.stderr, in_moved.stderr
+    assert "Traceback" not in in_moved.stderr + other_data.stderr
+
+
+def test_ddp_two_ranks_sigterm_then_relaunch_equals_the_undisturbed_run(synthetic_data, shared_cache, tmp_path):
+    """Both ranks catch the signal, agree on the step, shard the resumed batches as before and
+    restore their RNG states. (On this model the two ranks' RNG states coincide, so this test
+    cannot tell a per-rank restore from restoring rank 0's on both.)"""
+    ddp = (*LEARNING_RUN, "trainer.max_steps=24", "trainer.strategy=ddp_find_unused_parameters_true",
+           "trainer.devices=2", "trainer.accelerator=cpu")
+    runs = {}
+    for name, fault in (("calm", ""), ("killed", "SIGTERM@train:12")):
+        out, losses = tmp_path / name, tmp_path / f"{name}.jsonl"
+        args = tiny_run_args(synthetic_data, out, shared_cache, *ddp)
+        if fault:
+            assert launch(args, fault=fault, loss_log=losses).returncode == 75
+        result = launch(args, loss_log=losses)
+        assert result.returncode == 0, result.stderr[-3000:]
+        (record,) = find_records(out)  # rank 1 writes no record
+        runs[name] = (record, read_losses(losses))
+    (calm, calm_losses), (killed, killed_losses) = runs["calm"], runs["killed"]
+    assert killed["resumed_from_step"] == 13 and killed["attempt"] == 2
+    assert outcome(killed) == outcome(calm)
+    assert sorted(killed_losses) == list(range(24))
+    for step, values in killed_losses.items():  # both ranks' losses, every attempt
+        assert set(values) == set(calm_losses[step]), f"step {step}"

@@ -191,3 +191,10 @@ def test_fingerprint_follows_content_not_location(tmp_path):
         os.utime(changed, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # and the same mtime
         assert fingerprints(copy)[0] != fingerprints(original)[0] and fingerprints(copy)[1] != fingerprints(original)[1]
         changed.write_bytes(before)
+
+
+def test_null_beside_a_group_sweep_stays_a_plain_override():
+    from xlt_runner.cli import defer_to_jobs
+    argv = ["-m", "method=full_ft,head_only", "method.init_from=null", "method.classifier_dropout=0.2"]
+    assert defer_to_jobs(argv) == ["-m", "method=full_ft,head_only", "method.init_from=null",
+                                   "method.classifier_dropout=choice(0.2)"]

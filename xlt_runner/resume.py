@@ -49,8 +49,12 @@ import torch
 
 RESUME_CHECKPOINT = "resume.ckpt"
 LOCK_FILE = ".lock"
-#: Key of the run id in a resume checkpoint (checked against the run that resumes from it).
+#: Keys of what a resume checkpoint belongs to, checked against the run that resumes from it:
+#: the run id, the benchmark data's content fingerprint and the checkpoint directory (the
+#: best-checkpoint state holds absolute paths into it).
 RUN_ID_KEY = "xlt_run_id"
+DATA_FINGERPRINT_KEY = "xlt_data_fingerprint"
+CHECKPOINT_DIR_KEY = "xlt_checkpoint_dir"
 #: Key of the RNG states in a checkpoint (restored at the first resumed step).
 RNG_STATES_KEY = "rng_states"
 #: Exit status of a preempted run (EX_TEMPFAIL: retry later, the run will resume).
@@ -179,8 +183,8 @@ class PreemptionGuard:
                 print(f"[xlt-run] scontrol requeue {job}: {'ok' if code == 0 else f'failed ({code})'}", file=sys.stderr)
 
 
-def resume_checkpoint_callback(guard: PreemptionGuard, path: Path, run_id: str, val_check_steps: int,
-                               every_validation: bool):
+def resume_checkpoint_callback(guard: PreemptionGuard, path: Path, run_id: str, data_fingerprint: str,
+                               val_check_steps: int, every_validation: bool):
     """The Lightning callback that writes ``resume.ckpt`` at the end of an optimiser step that
     no validation follows (validation runs every ``val_check_steps`` steps): when a caught
     signal is seen (then raises :class:`RunPreempted`) and, with ``every_validation``, at the
@@ -196,6 +200,12 @@ def resume_checkpoint_callback(guard: PreemptionGuard, path: Path, run_id: str, 
             self._validated_since_save = False
 
         def on_fit_start(self, trainer, pl_module) -> None:
+            if val_check_steps == 1 and trainer.max_steps > 1:
+                # every step is followed by a validation: no step boundary resumes exactly, so a
+                # signal stops the run at once, without a checkpoint
+                print("[xlt-run] warning: trainer.val_check_interval=1 leaves no point where a resumable "
+                      "checkpoint can be taken; a preempted run will restart from the beginning", file=sys.stderr)
+                return
             guard.training = True
 
         def on_fit_end(self, trainer, pl_module) -> None:
@@ -206,12 +216,24 @@ def resume_checkpoint_callback(guard: PreemptionGuard, path: Path, run_id: str, 
 
         def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
             checkpoint[RUN_ID_KEY] = run_id
-            checkpoint[RNG_STATES_KEY] = capture_rng_states()
+            checkpoint[DATA_FINGERPRINT_KEY] = data_fingerprint
+            checkpoint[CHECKPOINT_DIR_KEY] = str(path.parent.resolve())
+            # every rank's RNG states (ranks draw different dropout masks); rank 0 writes the file
+            states = capture_rng_states()
+            if trainer.world_size > 1:
+                gathered: list = [None] * trainer.world_size
+                torch.distributed.all_gather_object(gathered, states)
+                states = {"per_rank": gathered}
+            checkpoint[RNG_STATES_KEY] = states
 
         def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
             # Dataloader iterators draw from torch's RNG when created, after the checkpoint
             # is loaded; restoring at the first step keeps dropout identical to an uninterrupted run.
-            self._pending_rng = checkpoint.get(RNG_STATES_KEY)
+            states = checkpoint.get(RNG_STATES_KEY)
+            if states is not None and "per_rank" in states:
+                states = states["per_rank"][trainer.global_rank] if trainer.world_size == len(states["per_rank"]) \
+                    else None  # another world size: the masks cannot be those of an uninterrupted run anyway
+            self._pending_rng = states
 
         def on_validation_end(self, trainer, pl_module) -> None:
             self._validated_since_save = not trainer.sanity_checking
@@ -240,8 +262,18 @@ def resume_checkpoint_callback(guard: PreemptionGuard, path: Path, run_id: str, 
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(path.name + ".tmp")
             trainer.save_checkpoint(str(tmp), weights_only=False)  # the full training state, not only weights
-            if trainer.is_global_zero:
+            if trainer.is_global_zero:  # durable before it replaces the previous one (node failures too)
+                fd = os.open(tmp, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
                 os.replace(tmp, path)
+                fd = os.open(path.parent, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
             trainer.strategy.barrier("resume_checkpoint")
             self._validated_since_save = False
 
@@ -278,9 +310,10 @@ def existing_resume_checkpoint(checkpoint_dir: Path) -> str | None:
     return str(path) if path.is_file() else None
 
 
-def read_resume_checkpoint(path: str, run_id: str) -> int:
+def read_resume_checkpoint(path: str, run_id: str, data_fingerprint: str | None = None) -> int:
     """The optimiser step ``path`` was saved at, after checking that it can be loaded safely
-    (``weights_only=True``: no code runs) and that it belongs to run ``run_id``.
+    (``weights_only=True``: no code runs) and that it belongs to run ``run_id``, on data with
+    ``data_fingerprint`` (when given), in the directory it lies in.
 
     Raises :class:`ResumeCheckpointError` naming the file and how to discard it.
     """
@@ -297,4 +330,12 @@ def read_resume_checkpoint(path: str, run_id: str) -> int:
     if saved_for is not None and saved_for != run_id:
         raise ResumeCheckpointError(f"cannot resume: {path} was saved by run {saved_for}, not {run_id} "
                                     f"(a copied or moved run directory?). {discard}")
+    saved_on = checkpoint.get(DATA_FINGERPRINT_KEY)
+    if data_fingerprint is not None and saved_on is not None and saved_on != data_fingerprint:
+        raise ResumeCheckpointError(f"cannot resume: {path} was trained on other benchmark data (fingerprint "
+                                    f"{saved_on}, the data now {data_fingerprint}). {discard}")
+    saved_in = checkpoint.get(CHECKPOINT_DIR_KEY)
+    if saved_in is not None and saved_in != str(Path(path).parent.resolve()):
+        raise ResumeCheckpointError(f"cannot resume: {path} was written in {saved_in}; its best-checkpoint "
+                                    f"state points there (a moved or copied run directory). {discard}")
     return step

@@ -312,7 +312,8 @@ def _execute(cfg: DictConfig, run_dir: Path, record: dict[str, Any], t0: float, 
         record["groups"]["langid_probe"] = {"accuracy": record["probe"]["accuracy"],
                                             "macro_f1": record["probe"]["macro_f1"],
                                             "n_languages": len(probe_languages)}
-    method.save_trainable(run_dir / "method_weights.safetensors")
+    if trainer.is_global_zero:
+        method.save_trainable(run_dir / "method_weights.safetensors")
     if wandb_logger is not None:
         log_wandb_results(wandb_logger, record)
     print_summary(record)
@@ -342,12 +343,13 @@ def fit_stage(cfg: DictConfig, method, datamodule, checkpoint_dir: Path, loggers
     resume_from = None
     if guard is not None:
         run_id = record["run_id"] if record is not None else compute_run_id(cfg)
-        callbacks.append(resume_checkpoint_callback(guard, checkpoint_dir / RESUME_CHECKPOINT, run_id,
+        data_fingerprint = record.get("data_fingerprint") if record is not None else None
+        callbacks.append(resume_checkpoint_callback(guard, checkpoint_dir / RESUME_CHECKPOINT, run_id, data_fingerprint,
                                                     val_check_steps=max(1, min(val_check_interval, max_steps)),
                                                     every_validation=cfg.trainer.resume_checkpoint_every_validation))
         resume_from = existing_resume_checkpoint(checkpoint_dir)
         if resume_from:
-            step = read_resume_checkpoint(resume_from, run_id)
+            step = read_resume_checkpoint(resume_from, run_id, data_fingerprint)
             if record is not None:
                 record["resumed_from_step"] = step
             print(f"[xlt-run] resuming from {resume_from} (step {step} of {max_steps})")

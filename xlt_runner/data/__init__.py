@@ -42,7 +42,8 @@ class ClassificationBenchmark(Protocol):
 
     def fingerprint(self) -> str:
         """A hex digest of the data's content: equal for an identical copy elsewhere, different
-        when any byte of any data file changes (keys tokenisation caches and result reuse)."""
+        when any byte of any data file changes (keys tokenisation caches and result reuse). For
+        a Hub dataset, what the ``datasets`` library fingerprints (see the benchmark's own docstring)."""
 
 
 def build_benchmark(cfg: BenchmarkConfig, cache_dir: str) -> ClassificationBenchmark:

@@ -114,6 +114,7 @@ class ClassificationMethod(pl.LightningModule):
         self.configure_trainable()
         self.backbone_frozen = not any(p.requires_grad for p in self.backbone.parameters())
         self.reset_metrics()
+        self._nonfinite_rows: torch.Tensor | int = 0  # rows with non-finite logits in the current stage
         self.test_results: dict[str, dict[str, float]] = {}
         self.strict_loading = False  # checkpoints omit frozen parameters
 
@@ -187,22 +188,30 @@ class ClassificationMethod(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # --------------------------------------------------------------- evaluation
-    def _eval_update(self, metric: PerLanguageClassification, batch: dict[str, torch.Tensor], stage: str) -> None:
-        """Score one batch; non-finite logits fail the run (their argmax would be a silent class 0)."""
+    def _eval_update(self, metric: PerLanguageClassification, batch: dict[str, torch.Tensor]) -> None:
+        """Score one batch, counting rows with non-finite logits (their argmax would be a silent
+        class 0) for :meth:`_check_finite` at the end of the stage."""
         logits = self(batch)
-        finite = torch.isfinite(logits).all(dim=-1)
-        if not bool(finite.all()):
-            bad = int((~finite).sum())
-            raise NonFiniteValueError(
-                f"{stage}: {bad} of {len(finite)} examples have non-finite logits at optimiser step {self.global_step} "
-                "(the weights hold NaN or inf); no result is recorded. Lower method.optim.lr, enable "
-                "trainer.gradient_clip_val, or use trainer.precision=32-true")
+        self._nonfinite_rows = self._nonfinite_rows + (~torch.isfinite(logits).all(dim=-1)).sum()
         metric.update(logits.argmax(-1), batch["labels"], batch["lang"])
 
+    def _check_finite(self, stage: str) -> None:
+        """Fail the run, on every rank alike, if any rank saw non-finite logits in this stage."""
+        bad = torch.as_tensor(self._nonfinite_rows, device=self.device)
+        self._nonfinite_rows = 0
+        if self.trainer.world_size > 1:
+            bad = self.trainer.strategy.reduce(bad, reduce_op="sum")
+        if int(bad):
+            raise NonFiniteValueError(
+                f"{stage}: {int(bad)} examples have non-finite logits at optimiser step {self.global_step} "
+                "(the weights hold NaN or inf); no result is recorded. Lower method.optim.lr, enable "
+                "trainer.gradient_clip_val, or use trainer.precision=32-true")
+
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._eval_update(self.val_metric, batch, "validation")
+        self._eval_update(self.val_metric, batch)
 
     def on_validation_epoch_end(self) -> None:
+        self._check_finite("validation")
         values = self.val_metric.per_language()
         self.val_metric.reset()
         idx = self._source_index.to(values["accuracy"].device)
@@ -210,9 +219,10 @@ class ClassificationMethod(pl.LightningModule):
         self.log("val/macro_f1", values["macro_f1"][idx].mean().float(), sync_dist=False)
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._eval_update(self.test_metric, batch, "test")
+        self._eval_update(self.test_metric, batch)
 
     def on_test_epoch_end(self) -> None:
+        self._check_finite("test")
         values = self.test_metric.per_language()
         self.test_metric.reset()
         results = {}
