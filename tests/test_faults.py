@@ -352,3 +352,22 @@ def test_ddp_two_ranks_sigterm_then_relaunch_equals_the_undisturbed_run(syntheti
     assert sorted(killed_losses) == list(range(24))
     for step, values in killed_losses.items():  # both ranks' losses, every attempt
         assert set(values) == set(calm_losses[step]), f"step {step}"
+
+
+def test_the_record_describes_the_best_file_that_is_tested(tmp_path, capsys):
+    """A best.ckpt left by a killed attempt whose validation the resumed one did not reproduce:
+    the record takes step and score from the file, with a warning."""
+    import torch
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    from xlt_runner.runner import best_checkpoint_facts
+    callback = ModelCheckpoint(dirpath=str(tmp_path), filename="best", monitor="val/accuracy", mode="max")
+    callback.best_model_score = torch.tensor(0.80)
+    path = tmp_path / "best.ckpt"
+    torch.save({"global_step": 16, "callbacks": {callback.state_key: {"best_model_score": torch.tensor(0.90)}}}, path)
+    assert best_checkpoint_facts(callback, str(path)) == {"step": 16, "monitor": "val/accuracy",
+                                                         "val_accuracy": pytest.approx(0.90)}
+    assert "saved by an earlier attempt" in capsys.readouterr().err
+    callback.best_model_score = torch.tensor(0.90)
+    best_checkpoint_facts(callback, str(path))
+    assert "earlier attempt" not in capsys.readouterr().err

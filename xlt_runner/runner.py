@@ -332,8 +332,6 @@ def fit_stage(cfg: DictConfig, method, datamodule, checkpoint_dir: Path, loggers
     (``trainer.resume_checkpoint_every_validation``), and an existing one is resumed from
     (noted in ``record["resumed_from_step"]``).
     """
-    import torch
-
     from xlt_runner.resume import RESUME_CHECKPOINT, RunPreempted, existing_resume_checkpoint
     from xlt_runner.resume import read_resume_checkpoint, resume_checkpoint_callback
 
@@ -365,13 +363,29 @@ def fit_stage(cfg: DictConfig, method, datamodule, checkpoint_dir: Path, loggers
         raise RunPreempted(guard.signal_name, None)
     training = training_outcome(trainer, callbacks, max_steps)
     best_path = checkpoint.best_model_path or None
-    best = None
-    if best_path:
-        score = checkpoint.best_model_score
-        step = torch.load(best_path, map_location="cpu", weights_only=True)["global_step"]
-        best = {"step": int(step), "monitor": checkpoint.monitor,
-                "val_accuracy": float(score) if score is not None else None}
+    best = best_checkpoint_facts(checkpoint, best_path) if best_path else None
     return trainer, best_path, best, training
+
+
+def best_checkpoint_facts(checkpoint_callback, path: str) -> dict[str, Any]:
+    """``{"step", "monitor", "val_accuracy"}`` of the file that will be tested, read from the
+    file itself: its step and the score its ModelCheckpoint state recorded when it was saved.
+
+    They can differ from the callback's: an attempt killed right after saving a new best, whose
+    validation the resumed attempt did not reproduce exactly (non-deterministic GPU kernels),
+    leaves that file behind. The record then describes the weights actually tested, with a warning.
+    """
+    import torch
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    state = (saved.get("callbacks") or {}).get(checkpoint_callback.state_key) or {}
+    score = state.get("best_model_score", checkpoint_callback.best_model_score)
+    current = checkpoint_callback.best_model_score
+    if score is not None and current is not None and float(score) != float(current):
+        print(f"[xlt-run] warning: {path} was saved by an earlier attempt with {checkpoint_callback.monitor}="
+              f"{float(score):.6g}; the resumed attempt's best was {float(current):.6g}. The record describes the "
+              "file that is tested.", file=sys.stderr)
+    return {"step": int(saved["global_step"]), "monitor": checkpoint_callback.monitor,
+            "val_accuracy": float(score) if score is not None else None}
 
 
 def training_outcome(trainer, callbacks: list, max_steps: int) -> dict[str, Any]:
