@@ -106,7 +106,7 @@ def fault_callback(run_id: str, max_steps: int, val_every: int):
 
         def save_then_die(trainer, filepath, *args, **kwargs):
             original(trainer, filepath, *args, **kwargs)
-            if str(filepath).endswith(".tmp") and trainer.global_step == fault[2] and not callback.fired:
+            if ".tmp" in os.path.basename(filepath) and trainer.global_step == fault[2] and not callback.fired:
                 callback.fired = True
                 with open(filepath, "r+b") as handle:
                     handle.truncate(os.path.getsize(filepath) // 2)

@@ -24,8 +24,9 @@ at once. Relaunching the same command finds ``resume.ckpt`` and continues.
 **Without warning.** With ``trainer.resume_checkpoint_every_validation`` (default) the same
 checkpoint is also written at the end of the first step after every validation, so a run
 killed without a signal it can catch (SIGKILL, OOM killer, node failure) resumes from its
-last validation. Every write goes to ``resume.ckpt.tmp`` first and is renamed over
-``resume.ckpt``, so a kill during the write leaves the previous checkpoint intact.
+last validation. Every write goes to a temporary file beside it, is fsynced and renamed
+over ``resume.ckpt`` (``results.record.atomic_path``), so a kill during the write leaves the
+previous checkpoint intact.
 
 **Exactness.** Batch ``k`` of a run is a pure function of (seed, k) (the data module's
 sampler), RNG states are restored at the first resumed step, and the loop counters come
@@ -259,21 +260,12 @@ def resume_checkpoint_callback(guard: PreemptionGuard, path: Path, run_id: str, 
                                    str(path), step)
 
         def _save(self, trainer) -> None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(path.name + ".tmp")
-            trainer.save_checkpoint(str(tmp), weights_only=False)  # the full training state, not only weights
-            if trainer.is_global_zero:  # durable before it replaces the previous one (node failures too)
-                fd = os.open(tmp, os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-                os.replace(tmp, path)
-                fd = os.open(path.parent, os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
+            from xlt_runner.results.record import atomic_path
+            if trainer.is_global_zero:  # written beside it, fsynced, then renamed over the previous one
+                with atomic_path(path) as tmp:
+                    trainer.save_checkpoint(str(tmp), weights_only=False)  # the full training state
+            else:  # the same collective call; only rank 0 writes
+                trainer.save_checkpoint(str(path), weights_only=False)
             trainer.strategy.barrier("resume_checkpoint")
             self._validated_since_save = False
 

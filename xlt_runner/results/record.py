@@ -42,10 +42,19 @@ RECORDED_DISTRIBUTIONS = {
 }
 
 
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path`` for the caller to write; on a clean exit, fsync
-    it and ``os.replace`` it onto ``path``; on an exception, delete it and leave ``path`` as it was.
+    it, ``os.replace`` it onto ``path`` and fsync the directory; on an exception, delete it and
+    leave ``path`` as it was.
 
     The temporary file exists (empty) when yielded, named ``.<name>.<random>.tmp<suffix>``
     (same suffix, for writers that infer the format from it). It is created like ``open()``
@@ -64,12 +73,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             continue
     try:
         yield tmp
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _fsync(tmp)
         os.replace(tmp, path)
+        _fsync(path.parent)  # the rename itself survives a node failure
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
