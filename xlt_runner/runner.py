@@ -197,7 +197,7 @@ def promote_staged_rerun(run_dir: Path) -> None:
     if staged is None or staged.get("status") != "complete":
         return
     for entry in sorted(staging.iterdir()):
-        if entry.name in (RESULTS_FILE, ".lock"):
+        if entry.name == RESULTS_FILE:
             continue
         target = run_dir / entry.name
         if target.is_dir() and not target.is_symlink():
