@@ -39,7 +39,7 @@ def preflight_fails(args: list[str], tmp_path, *expected: str) -> str:
 def test_plus_override_cannot_add_a_key_to_a_typed_section(tmp_path):
     preflight_fails(["+trainer.max_step=500"], tmp_path, "unknown key 'trainer.max_step'",
                     "Did you mean trainer.max_steps?")
-    for added in (["++method.pool=mean"], ["method=spt", "+method.optim.momentum=0.9"], ["+seedx=1"]):
+    for added in (["++method.prompt_length=4"], ["method=spt", "+method.optim.momentum=0.9"], ["+seedx=1"]):
         with pytest.raises(ConfigError, match="unknown key"):
             config.validate(compose(added))
     # hydra.* stays open, and '++' may set a key the schema has

@@ -1,6 +1,7 @@
 """Sequential per-target tuning, the language-ID probe and delayed early stopping."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from xlt_runner.callbacks import DelayedEarlyStopping
@@ -25,16 +26,27 @@ def test_sequential_regime_tunes_and_tests_each_target(tmp_path, synthetic_data,
 
 def test_langid_probe_reports_language_identification_accuracy(tmp_path, synthetic_data, shared_cache):
     args = tiny_run_args(synthetic_data, tmp_path, shared_cache, "method=spt", "regime=langid_probe",
-                         "regime.probe_languages=[eng_Latn,fra_Latn,quy_Latn]", "regime.probe_epochs=50")
+                         "regime.probe_languages=[eng_Latn,fra_Latn,quy_Latn]", "regime.probe_epochs=50",
+                         "regime.probe_seeds=3", "languages.groups=[seen,unseen,all]")
     result = run_cli(args)
     assert result.returncode == 0, result.stderr[-3000:]
     (record,) = find_records(tmp_path)
     probe = record["probe"]
     assert probe["n_languages"] == 3 and abs(probe["chance"] - 1 / 3) < 1e-9
     assert probe["train_examples"] == 3 * 70 and probe["test_examples"] == 3 * 21
+    assert [s["probe_seed"] for s in probe["per_seed"]] == [0, 1, 2]
     # the synthetic languages differ by a word suffix: a linear probe must find that
     assert probe["accuracy"] > 0.9
-    assert record["groups"]["langid_probe"]["accuracy"] == probe["accuracy"]
+    recall = probe["per_language_recall"]
+    groups = record["groups"]
+    assert groups["langid"] == {"accuracy": probe["accuracy"], "n_languages": 3, "macro_f1": None,
+                                "higher_is_better": False}
+    # Table 4's cells: mean per-language recall over the group's probe languages, lower is better
+    assert groups["langid:seen"]["accuracy"] == pytest.approx((recall["eng_Latn"] + recall["fra_Latn"]) / 2)
+    assert groups["langid:unseen"]["accuracy"] == pytest.approx(recall["quy_Latn"])
+    assert groups["langid:all"]["n_languages"] == 3 and not groups["langid:all"]["higher_is_better"]
+    # the zero-shot groups that hold source languages are not reported; the probe's are
+    assert set(record["groups_not_reported"]) == {"seen", "all"} and "seen" not in groups
 
 
 class _FakeTrainer:

@@ -142,9 +142,9 @@ def test_pool_positions():
     with torch.no_grad():
         pooled = method.encode(batch)
         assert torch.equal(pooled, seen["h"][:, 0])
-        method.cfg.pool = "cls"
+        method.pooling = "cls"
         assert torch.equal(method.encode(batch), seen["h"][:, 3])  # <s> comes after the 3 prompt tokens
-        method.cfg.pool = "mean"
+        method.pooling = "mean"
         n = int(batch["attention_mask"].sum())
         assert torch.allclose(method.encode(batch), seen["h"][:, 3:3 + n].mean(1), atol=1e-6)
 
@@ -182,13 +182,24 @@ def test_text_is_truncated_never_the_prompt():
 
 
 # ------------------------------------------------------------------------ optimiser
-def test_parameter_groups_follow_the_paper():
+@pytest.mark.parametrize("pseudo_prompt_lr", [5e-3, None])
+def test_parameter_groups_follow_the_paper(pseudo_prompt_lr):
+    """SPT rows at prompt_lr; the pseudo prompt at pseudo_prompt_lr (the authors' code) or, when
+    null, with the encoder and head at optim.lr and optim.weight_decay (the paper text's reading)."""
     optim = OptimConfig(name="adafactor", lr=5e-5, weight_decay=0.1)
-    method = make(DualPrompt, DualConfig(prompt_length=8, xpe_ratio=0.5, optim=optim, prompt_lr=5e-3))
+    method = make(DualPrompt, DualConfig(prompt_length=8, xpe_ratio=0.5, optim=optim, prompt_lr=5e-3,
+                                         pseudo_prompt_lr=pseudo_prompt_lr))
     groups = method.parameter_groups()
     assert groups[0]["params"] == [method.prompt.spt] and groups[0]["lr"] == 5e-3 and groups[0]["weight_decay"] == 0.0
-    rest = {id(p): g for g in groups[1:] for p in g["params"]}
-    assert all("lr" not in g for g in groups[1:])  # optim.lr = 5e-5
+    own = pseudo_prompt_lr is not None
+    if own:
+        assert groups[1] == {"params": [method.prompt.pseudo], "lr": 5e-3, "weight_decay": 0.0}
+    rest_groups = groups[1 + own:]
+    rest = {id(p): g for g in rest_groups for p in g["params"]}
+    assert all("lr" not in g for g in rest_groups)  # optim.lr = 5e-5
+    assert (id(method.prompt.pseudo) in rest) is not own
+    if not own:
+        assert rest[id(method.prompt.pseudo)]["weight_decay"] == 0.1
     assert rest[id(method.head.dense.weight)]["weight_decay"] == 0.1
     assert rest[id(method.prompt.encoder.mlp[0].weight)]["weight_decay"] == 0.1
     assert rest[id(method.head.dense.bias)]["weight_decay"] == 0.0
@@ -196,7 +207,7 @@ def test_parameter_groups_follow_the_paper():
     grouped = [p for g in groups for p in g["params"]]
     assert len(grouped) == len(trainable) and {id(p) for p in grouped} == {id(p) for p in trainable}
     optimizer = method.configure_optimizers()["optimizer"]
-    assert [g["lr"] for g in optimizer.param_groups] == [5e-3, 5e-5, 5e-5]
+    assert [g["lr"] for g in optimizer.param_groups] == [5e-3] * (1 + own) + [5e-5, 5e-5]
 
 
 # -------------------------------------------------------------------------- caching
@@ -320,7 +331,7 @@ def test_xpe_trainable_share_on_xlmr_large_is_below_0_3_percent():
 def test_cli_run(method, synthetic_data, shared_cache, tmp_path):
     from safetensors.torch import load_file
     result = run_cli(tiny_run_args(synthetic_data, tmp_path, shared_cache, f"method={method}",
-                                   "method.prompt_length=4", "method.optim.warmup_steps=2"))
+                                   "method.prompt_length=4", "method.optim.warmup_ratio=0.25"))
     assert result.returncode == 0, result.stderr[-3000:]
     (record,) = find_records(tmp_path)
     assert record["status"] == "complete" and record["method"] == method

@@ -43,6 +43,8 @@ class ModelConfig:
     # training and evaluation are placed by trainer.accelerator / trainer.devices
     trust_remote_code: bool = False
     text_prefix: str = ""  # prepended to every input text ("query: " for e5)
+    pooling: str = "cls"  # how a sentence vector is read from the last hidden states: cls (first
+    # position, <s>/[CLS], as XLM-R's classification head) | mean (over attention-masked real tokens, as e5)
     max_length: int = 128  # tokens, including special tokens
     hidden_size: Optional[int] = None  # documentation only; filled from the loaded config
 
@@ -50,11 +52,13 @@ class ModelConfig:
 # -------------------------------------------------------------------------- method
 @dataclass
 class OptimConfig:
-    """Optimiser and schedule. Learning rates are per step, warmup in optimiser steps."""
+    """Optimiser and schedule. Learning rates are per step. Warmup is ``warmup_steps`` optimiser
+    steps, or ``warmup_ratio`` of the phase's step budget when set (then ``warmup_steps`` must be 0)."""
     name: str = "adamw"  # adamw | adafactor
     lr: float = 1e-3
     weight_decay: float = 0.0
     warmup_steps: int = 0
+    warmup_ratio: Optional[float] = None  # fraction of the step budget, e.g. 0.1 (XPE paper, source training)
     schedule: str = "constant"  # constant | linear | cosine | cosine_restarts
     num_cycles: int = 1  # for cosine_restarts
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
@@ -62,9 +66,14 @@ class OptimConfig:
 
 @dataclass
 class MethodConfig:
-    """Fields every method has. Each method adds its own in a subclass."""
+    """Fields every method has. Each method adds its own in a subclass.
+
+    ``pool`` says which representation the head reads: ``model`` (the backbone's
+    ``model.pooling``), ``cls`` (first position) or ``mean`` (masked mean over real tokens);
+    soft-prompt methods also accept ``first_virtual``."""
     name: str = MISSING
     optim: OptimConfig = field(default_factory=OptimConfig)
+    pool: str = "model"
     classifier_dropout: float = 0.1
     init_from: Optional[str] = None  # path of saved method weights to start from
 
@@ -126,7 +135,7 @@ class LanguagesConfig:
     name: str = MISSING
     source: list[str] = MISSING
     targets: list[str] = field(default_factory=lambda: ["all"])
-    groups: list[str] = field(default_factory=lambda: ["lowperf", "unseen", "seen-joshi5", "all-joshi5", "all"])
+    groups: list[str] = field(default_factory=lambda: ["lowperf", "unseen", "seen-joshi5", "all-joshi5"])
 
 
 # -------------------------------------------------------------------------- regime
@@ -147,12 +156,15 @@ class RegimeConfig:
     name: str = "zero_shot"  # zero_shot | sequential | langid_probe
     target_max_steps: int = 6000
     target_val_check_interval: int = 100
-    target_early_stopping_patience: Optional[int] = 30
+    target_early_stopping_patience: Optional[int] = 30  # evaluations without improvement
+    target_early_stopping_patience_epochs: Optional[float] = None  # or: epochs of the target train split
+    target_warmup_ratio: Optional[float] = None  # warmup of each target phase; null: as method.optim
     probe_languages: list[str] = field(default_factory=lambda: ["all"])
     probe_train_per_language: int = 200  # examples of each language's train split
     probe_test_per_language: int = 100  # examples of each language's test split
     probe_epochs: int = 200  # full-batch passes of the linear probe
     probe_lr: float = 1e-2
+    probe_seeds: int = 1  # linear probes per trained method (init seeds 0..n-1), averaged
 
 
 # ------------------------------------------------------------------------- trainer
@@ -168,7 +180,11 @@ class TrainerConfig:
     devices: Any = 1
     num_nodes: int = 1
     strategy: str = "auto"
+    monitor: str = "val/accuracy"  # val/accuracy (max) | val/loss (min): picks the best checkpoint and
+    # drives early stopping; computed on the source languages' dev split
     early_stopping_patience: Optional[int] = None  # evaluations without improvement
+    early_stopping_patience_epochs: Optional[float] = None  # or: epochs of the source training set
+    # without improvement (the XPE paper's unit), turned into evaluations for this run's data and batch
     early_stopping_after_first_cycle: bool = False  # for cosine_restarts: no stop before cycle 2
     resume_checkpoint_every_validation: bool = True  # checkpoints/resume.ckpt after each validation, so a
     # run killed without warning (SIGKILL, OOM, node failure) resumes from its last validation
@@ -256,6 +272,8 @@ TINY_MODELS = ("xlmr", "bert", "llama", "m2m100")
 PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true")
 OPTIMIZERS = ("adamw", "adafactor")
 REGIMES = ("zero_shot", "sequential", "langid_probe")
+POOLINGS = ("cls", "mean")  # model.pooling
+MONITORS = {"val/accuracy": "max", "val/loss": "min"}  # trainer.monitor -> mode
 SCHEDULES = ("constant", "linear", "cosine", "cosine_restarts")
 WANDB_MODES = ("offline", "online", "disabled")
 
@@ -329,6 +347,7 @@ def validate(cfg: Any) -> None:
     if not any([m.tiny, m.packaged, m.pretrained]):
         raise ConfigError(f"model {m.name!r} has no source: set model.pretrained (hub id or local directory), "
                           f"model.packaged ({', '.join(PACKAGED_MODELS)}) or model.tiny ({', '.join(TINY_MODELS)})")
+    _choice("model.pooling", m.pooling, POOLINGS)
     if m.max_length < 8:
         raise ConfigError(f"model.max_length={m.max_length} is too small (>= 8 tokens)")
 
@@ -344,8 +363,31 @@ def validate(cfg: Any) -> None:
                           + ("; 0 is accepted only with method.init_from, to evaluate saved weights unchanged"
                              if of_method else ""))
 
+    ratio = cfg.method.optim.warmup_ratio
+    if ratio is not None and not 0.0 <= ratio < 1.0:
+        raise ConfigError(f"method.optim.warmup_ratio={ratio} must be a fraction of the step budget in [0, 1)")
+    if ratio is not None and cfg.method.optim.warmup_steps:
+        raise ConfigError(f"method.optim.warmup_ratio={ratio} and method.optim.warmup_steps="
+                          f"{cfg.method.optim.warmup_steps} both set the warmup; set warmup_steps=0 or warmup_ratio=null")
+    target_ratio = cfg.regime.target_warmup_ratio
+    if target_ratio is not None and not 0.0 <= target_ratio < 1.0:
+        raise ConfigError(f"regime.target_warmup_ratio={target_ratio} must be a fraction in [0, 1)")
+
     t = cfg.trainer
     _choice("trainer.precision", str(t.precision), PRECISIONS)
+    _choice("trainer.monitor", t.monitor, tuple(MONITORS))
+    for prefix, section, key in (("trainer", t, "early_stopping_patience"),
+                                 ("regime", cfg.regime, "target_early_stopping_patience")):
+        evaluations, epochs = section[key], section[f"{key}_epochs"]
+        if evaluations is not None and epochs is not None:
+            raise ConfigError(f"{prefix}.{key}={evaluations} (evaluations) and {prefix}.{key}_epochs={epochs} "
+                              f"both set the patience; set one of them to null")
+        if evaluations is not None and evaluations < 1 or epochs is not None and epochs <= 0:
+            raise ConfigError(f"{prefix}.{key}{'' if evaluations is not None else '_epochs'}="
+                              f"{evaluations if evaluations is not None else epochs} must be positive "
+                              f"(null: no early stopping)")
+    if cfg.regime.probe_seeds < 1:
+        raise ConfigError(f"regime.probe_seeds={cfg.regime.probe_seeds} must be at least 1")
     for key in ("max_steps", "val_check_interval", "accumulate_grad_batches"):
         if t[key] < 1:
             raise ConfigError(f"trainer.{key}={t[key]} must be at least 1")

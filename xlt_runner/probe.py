@@ -4,8 +4,10 @@ The backbone and the trained method (e.g. its soft prompt) stay frozen; their po
 representation of each sentence (what the classification head reads) is extracted for
 ``regime.probe_train_per_language`` train and ``regime.probe_test_per_language`` test
 sentences of every probe language, and a linear classifier (standardised features,
-full-batch Adam) learns to predict the language. Lower test accuracy means the
-representation carries less language identity, i.e. is more language-agnostic.
+full-batch Adam) learns to predict the language; ``regime.probe_seeds`` probes are
+trained on the same features and averaged (the XPE paper: 5 per trained prompt). Lower
+test accuracy means the representation carries less language identity, i.e. is more
+language-agnostic. Per-group scores are means of per-language recall (paper, Table 4).
 """
 from __future__ import annotations
 
@@ -13,7 +15,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from xlt_runner.metrics import PerLanguageClassification
 
 
 @torch.no_grad()
@@ -38,8 +39,13 @@ def extract_features(method, tokenizer, texts: list[str], *, max_length: int, pr
     return torch.stack(out)
 
 
-def language_id_probe(method, benchmark, tokenizer, languages: list[str], cfg) -> dict:
-    """Train and test the linear language-ID probe; returns accuracy, macro-F1 and sizes."""
+def language_id_probe(method, benchmark, tokenizer, languages: list[str], cfg,
+                      groups: dict[str, list[str]] | None = None) -> dict:
+    """Train ``regime.probe_seeds`` linear language-ID probes (initialisation seeds 0..n-1) on
+    the same features and average them. Returns ``accuracy`` (all test examples),
+    ``per_language_recall`` (share of a language's test sentences identified as it),
+    ``groups`` (for each ``groups`` entry, the mean recall over its languages among the probe
+    languages: the XPE paper's Table 4 cells), ``per_seed`` and sizes; fractions in [0, 1]."""
     r = cfg.regime
     if len(languages) < 2:
         raise ValueError(f"regime.probe_languages selects {len(languages)} language(s); the probe needs at least 2")
@@ -60,22 +66,42 @@ def language_id_probe(method, benchmark, tokenizer, languages: list[str], cfg) -
         labels[split] = torch.tensor(ys)
     mean, std = features["train"].mean(0), features["train"].std(0).clamp(min=1e-6)
     x_train, x_test = (features["train"] - mean) / std, (features["test"] - mean) / std
-    generator = torch.Generator().manual_seed(int(cfg.seed))
-    probe = nn.Linear(x_train.shape[1], len(languages))
+    per_seed, recalls = [], []
+    for probe_seed in range(r.probe_seeds):
+        predictions, train_loss = train_linear_probe(x_train, labels["train"], x_test, len(languages),
+                                                     seed=probe_seed, epochs=r.probe_epochs, lr=r.probe_lr)
+        correct = (predictions == labels["test"]).double()
+        recall = torch.zeros(len(languages), dtype=torch.float64).index_add_(0, labels["test"], correct)
+        recall /= torch.bincount(labels["test"], minlength=len(languages)).clamp(min=1)
+        recalls.append(recall)
+        per_seed.append({"probe_seed": probe_seed, "accuracy": float(correct.mean()), "train_loss": train_loss})
+    recall = torch.stack(recalls).mean(0)
+    per_language_recall = {lang: float(recall[i]) for i, lang in enumerate(languages)}
+    group_scores = {}
+    for group, members in (groups or {}).items():
+        present = [per_language_recall[c] for c in members if c in per_language_recall]
+        if present:
+            group_scores[group] = {"accuracy": float(np.mean(present)), "n_languages": len(present)}
+    return {"accuracy": float(np.mean([s["accuracy"] for s in per_seed])), "probe_seeds": r.probe_seeds,
+            "per_language_recall": per_language_recall, "groups": group_scores, "per_seed": per_seed,
+            "n_languages": len(languages), "chance": 1.0 / len(languages),
+            "train_examples": len(labels["train"]), "test_examples": len(labels["test"])}
+
+
+def train_linear_probe(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor, num_classes: int, *,
+                       seed: int, epochs: int, lr: float) -> tuple[torch.Tensor, float]:
+    """Full-batch Adam on a linear classifier (weights drawn from ``seed``); returns the test
+    predictions and the final training loss."""
+    generator = torch.Generator().manual_seed(seed)
+    probe = nn.Linear(x_train.shape[1], num_classes)
     with torch.no_grad():
         probe.weight.normal_(0, 0.01, generator=generator)
         probe.bias.zero_()
-    optimizer = torch.optim.Adam(probe.parameters(), lr=r.probe_lr, weight_decay=1e-4)
-    for _ in range(r.probe_epochs):
+    optimizer = torch.optim.Adam(probe.parameters(), lr=lr, weight_decay=1e-4)
+    for _ in range(epochs):
         optimizer.zero_grad()
-        loss = nn.functional.cross_entropy(probe(x_train), labels["train"])
+        loss = nn.functional.cross_entropy(probe(x_train), y_train)
         loss.backward()
         optimizer.step()
-    metric = PerLanguageClassification(1, len(languages))
     with torch.no_grad():
-        metric.update(probe(x_test).argmax(-1), labels["test"], torch.zeros_like(labels["test"]))
-    values = metric.per_language()
-    return {"accuracy": float(values["accuracy"][0]), "macro_f1": float(values["macro_f1"][0]),
-            "n_languages": len(languages), "chance": 1.0 / len(languages),
-            "train_examples": len(labels["train"]), "test_examples": len(labels["test"]),
-            "train_loss": float(loss.detach())}
+        return probe(x_test).argmax(-1), float(loss.detach())

@@ -19,6 +19,7 @@ import shutil
 import sys
 import time
 import traceback
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,22 @@ def group_means(per_language: dict[str, dict[str, float]], members: dict[str, li
                              "n_languages": len(present)}
     return groups
 
+
+def groups_with_source_languages(members: dict[str, list[str]], source: list[str]) -> dict[str, str]:
+    """Report groups that contain source (training) languages -> why they get no zero-shot mean
+    (the XPE paper leaves such cells blank for its Seen source set)."""
+    reasons = {}
+    for group, codes in members.items():
+        trained = [c for c in codes if c in set(source)]
+        if trained:
+            reasons[group] = (f"{len(trained)} of its {len(codes)} languages are source (training) languages "
+                              f"(e.g. {', '.join(trained[:3])}): not a zero-shot result")
+    return reasons
+
+
+#: Report groups of the language-ID probe (``regime=langid_probe``): ``langid`` over every probe
+#: language, ``langid:<group>`` per report group; lower is better.
+PROBE_GROUP = "langid"
 
 #: Where an ``overwrite=true`` rerun of a complete result runs until it completes (a dot-dir:
 #: ``xlt-report`` does not read it).
@@ -270,6 +287,7 @@ def _execute(cfg: DictConfig, run_dir: Path, record: dict[str, Any], t0: float, 
     task = ClassificationTask(labels=list(benchmark.labels), eval_languages=datamodule.eval_languages,
                               source_languages=source)
     method = method_cls(cfg.method, backbone, task, total_steps=cfg.trainer.max_steps)
+    record["pooling"] = method.pooling
     if cfg.method.init_from:
         method.load_trainable(cfg.method.init_from)
     record["params"] = method.parameter_counts()
@@ -283,7 +301,8 @@ def _execute(cfg: DictConfig, run_dir: Path, record: dict[str, Any], t0: float, 
     t_train = time.perf_counter()
     trainer, best_path, record["best"], record["training"] = fit_stage(
         cfg, method, datamodule, run_dir / "checkpoints", loggers, max_steps=cfg.trainer.max_steps,
-        val_check_interval=cfg.trainer.val_check_interval, patience=cfg.trainer.early_stopping_patience,
+        val_check_interval=cfg.trainer.val_check_interval,
+        patience=Patience(cfg.trainer.early_stopping_patience, cfg.trainer.early_stopping_patience_epochs),
         guard=guard, record=record)
     record["timings"]["train_s"] = time.perf_counter() - t_train
 
@@ -306,12 +325,20 @@ def _execute(cfg: DictConfig, run_dir: Path, record: dict[str, Any], t0: float, 
                                "example_ids": datamodule.subsampled_ids}
     record["per_language"] = per_language
     record["groups"] = group_means(per_language, members)
+    if cfg.regime.name != "sequential":  # sequential results are supervised in every language
+        record["groups_not_reported"] = groups_with_source_languages(members, source)
+        for group in record["groups_not_reported"]:
+            record["groups"].pop(group, None)
     if cfg.regime.name == "langid_probe":
         from xlt_runner.probe import language_id_probe
-        record["probe"] = language_id_probe(method, benchmark, backbone.tokenizer, probe_languages, cfg)
-        record["groups"]["langid_probe"] = {"accuracy": record["probe"]["accuracy"],
-                                            "macro_f1": record["probe"]["macro_f1"],
-                                            "n_languages": len(probe_languages)}
+        probe_groups = {group: table.resolve([group], probe_languages) for group in cfg.languages.groups}
+        record["probe"] = language_id_probe(method, benchmark, backbone.tokenizer, probe_languages, cfg,
+                                            groups=probe_groups)
+        lower_is_better = {"macro_f1": None, "higher_is_better": False}
+        record["groups"][PROBE_GROUP] = {"accuracy": record["probe"]["accuracy"],
+                                         "n_languages": len(probe_languages), **lower_is_better}
+        for group, scores in record["probe"]["groups"].items():
+            record["groups"][f"{PROBE_GROUP}:{group}"] = {**scores, **lower_is_better}
     if trainer.is_global_zero:
         method.save_trainable(run_dir / "method_weights.safetensors")
     if wandb_logger is not None:
@@ -320,11 +347,19 @@ def _execute(cfg: DictConfig, run_dir: Path, record: dict[str, Any], t0: float, 
     return wandb_logger
 
 
+@dataclass(frozen=True)
+class Patience:
+    """Early-stopping patience of one training phase: ``evaluations`` or ``epochs`` of its
+    training set (at most one is set; neither: no early stopping)."""
+    evaluations: int | None = None
+    epochs: float | None = None
+
+
 def fit_stage(cfg: DictConfig, method, datamodule, checkpoint_dir: Path, loggers: list, *, max_steps: int,
-              val_check_interval: int, patience: int | None, guard=None, record: dict | None = None):
+              val_check_interval: int, patience: Patience, guard=None, record: dict | None = None):
     """Train for ``max_steps``, validating every ``val_check_interval`` steps on the source dev
-    split; returns the trainer, the best checkpoint's path, ``{"step", "monitor", "val_accuracy"}``
-    and ``{"max_steps", "trained_steps", "stop_reason"}``.
+    split; returns the trainer, the best checkpoint's path, ``{"step", "monitor", "mode", "score"}``
+    and ``{"max_steps", "trained_steps", "stop_reason", "early_stopping"}`` (the rule as applied, or None).
 
     Raises :class:`IncompleteTrainingError` if training ended short of ``max_steps`` without
     early stopping. With a :class:`~xlt_runner.resume.PreemptionGuard`, ``checkpoint_dir/resume.ckpt``
@@ -336,8 +371,8 @@ def fit_stage(cfg: DictConfig, method, datamodule, checkpoint_dir: Path, loggers
     from xlt_runner.resume import read_resume_checkpoint, resume_checkpoint_callback
 
     method.total_steps = max_steps
-    checkpoint = build_checkpoint_callback(checkpoint_dir)
-    callbacks = [checkpoint, *build_callbacks(cfg, method, max_steps, patience)]
+    checkpoint = build_checkpoint_callback(checkpoint_dir, cfg.trainer.monitor)
+    callbacks = [checkpoint, *build_callbacks(cfg, method, max_steps, val_check_interval, patience)]
     resume_from = None
     if guard is not None:
         run_id = record["run_id"] if record is not None else compute_run_id(cfg)
@@ -368,7 +403,7 @@ def fit_stage(cfg: DictConfig, method, datamodule, checkpoint_dir: Path, loggers
 
 
 def best_checkpoint_facts(checkpoint_callback, path: str) -> dict[str, Any]:
-    """``{"step", "monitor", "val_accuracy"}`` of the file that will be tested, read from the
+    """``{"step", "monitor", "mode", "score"}`` of the file that will be tested, read from the
     file itself: its step and the score its ModelCheckpoint state recorded when it was saved.
 
     They can differ from the callback's: an attempt killed right after saving a new best, whose
@@ -384,19 +419,20 @@ def best_checkpoint_facts(checkpoint_callback, path: str) -> dict[str, Any]:
         print(f"[xlt-run] warning: {path} was saved by an earlier attempt with {checkpoint_callback.monitor}="
               f"{float(score):.6g}; the resumed attempt's best was {float(current):.6g}. The record describes the "
               "file that is tested.", file=sys.stderr)
-    return {"step": int(saved["global_step"]), "monitor": checkpoint_callback.monitor,
-            "val_accuracy": float(score) if score is not None else None}
+    return {"step": int(saved["global_step"]), "monitor": checkpoint_callback.monitor, "mode": checkpoint_callback.mode,
+            "score": float(score) if score is not None else None}
 
 
 def training_outcome(trainer, callbacks: list, max_steps: int) -> dict[str, Any]:
-    """``{"max_steps", "trained_steps", "stop_reason"}`` after ``trainer.fit``; raises
-    :class:`IncompleteTrainingError` when fewer steps ran and early stopping did not stop it."""
+    """``{"max_steps", "trained_steps", "stop_reason", "early_stopping"}`` after ``trainer.fit``;
+    raises :class:`IncompleteTrainingError` when fewer steps ran and early stopping did not stop it."""
     from xlt_runner.callbacks import DelayedEarlyStopping
     trained = int(trainer.global_step)
-    outcome = {"max_steps": max_steps, "trained_steps": trained, "stop_reason": "max_steps"}
+    stopper = next((c for c in callbacks if isinstance(c, DelayedEarlyStopping)), None)
+    outcome = {"max_steps": max_steps, "trained_steps": trained, "stop_reason": "max_steps",
+               "early_stopping": stopper.describe() if stopper is not None else None}
     if trained >= max_steps:
         return outcome
-    stopper = next((c for c in callbacks if isinstance(c, DelayedEarlyStopping)), None)
     if stopper is not None and stopper.stopped_step is not None:
         outcome["stop_reason"] = stopper.stop_reason()
         return outcome
@@ -423,14 +459,16 @@ def sequential_targets(cfg: DictConfig, method, datamodule_for, targets: list[st
                                          source_languages=[lang])
         method.reset_metrics()
         method.enter_target_phase()
-        trainer, best_path, _, _ = fit_stage(cfg, method, dm, run_dir / "targets" / lang, [],
-                                             max_steps=r.target_max_steps,
-                                             val_check_interval=r.target_val_check_interval,
-                                             patience=r.target_early_stopping_patience)
+        method.warmup_ratio = r.target_warmup_ratio
+        trainer, best_path, _, _ = fit_stage(
+            cfg, method, dm, run_dir / "targets" / lang, [], max_steps=r.target_max_steps,
+            val_check_interval=r.target_val_check_interval,
+            patience=Patience(r.target_early_stopping_patience, r.target_early_stopping_patience_epochs))
         trainer.test(method, datamodule=dm, ckpt_path=best_path, verbose=False, weights_only=True)
         results[lang] = method.test_results[lang]
         shutil.rmtree(run_dir / "targets" / lang / "checkpoints", ignore_errors=True)
     method.load_state_dict(source_state, strict=False)
+    method.warmup_ratio = None
     method.task = source_task
     method.reset_metrics()
     return results
@@ -455,24 +493,33 @@ def build_trainer(cfg: DictConfig, root_dir: Path, loggers: list, callbacks: lis
         logger=loggers or False, callbacks=callbacks)
 
 
-def build_checkpoint_callback(dirpath: Path):
+def build_checkpoint_callback(dirpath: Path, monitor: str):
+    """Keeps ``best.ckpt``: the best source-dev ``monitor`` (``trainer.monitor``) so far."""
     from pytorch_lightning.callbacks import ModelCheckpoint
-    return ModelCheckpoint(dirpath=str(dirpath), filename="best", monitor="val/accuracy",
-                           mode="max", save_top_k=1, save_last=False, enable_version_counter=False,
+
+    from xlt_runner.config import MONITORS
+    return ModelCheckpoint(dirpath=str(dirpath), filename="best", monitor=monitor,
+                           mode=MONITORS[monitor], save_top_k=1, save_last=False, enable_version_counter=False,
                            auto_insert_metric_name=False)
 
 
-def build_callbacks(cfg: DictConfig, method, max_steps: int, patience: int | None) -> list:
+def build_callbacks(cfg: DictConfig, method, max_steps: int, val_check_interval: int, patience: Patience) -> list:
     from pytorch_lightning.callbacks import RichProgressBar
 
     from xlt_runner.callbacks import DelayedEarlyStopping
+    from xlt_runner.config import MONITORS
+    from xlt_runner.methods.base import warmup_steps
     callbacks: list = []
-    if patience:
+    if patience.evaluations or patience.epochs:
         start = 0
         optim = cfg.method.optim
         if cfg.trainer.early_stopping_after_first_cycle and optim.schedule == "cosine_restarts":
-            start = optim.warmup_steps + (max_steps - optim.warmup_steps) // max(1, optim.num_cycles)
-        callbacks.append(DelayedEarlyStopping(start_step=start, monitor="val/accuracy", mode="max", patience=patience))
+            warmup = warmup_steps(optim, max_steps, method.warmup_ratio)
+            start = warmup + (max_steps - warmup) // max(1, optim.num_cycles)
+        monitor = cfg.trainer.monitor
+        callbacks.append(DelayedEarlyStopping(
+            start_step=start, monitor=monitor, mode=MONITORS[monitor], patience=patience.evaluations or 1,
+            patience_epochs=patience.epochs, val_check_steps=max(1, min(val_check_interval, max_steps))))
     if cfg.trainer.enable_progress_bar:
         callbacks.append(RichProgressBar(leave=True))
     return callbacks
@@ -514,5 +561,7 @@ def _finish_wandb(wandb_logger, exit_code: int) -> None:
 
 
 def print_summary(record: dict[str, Any]) -> None:
-    parts = [f"{g} {v['accuracy'] * 100:.1f}" for g, v in record["groups"].items()]
+    parts = [f"{g} {v['accuracy'] * 100:.1f}{'' if v.get('higher_is_better', True) else ' (lower is better)'}"
+             for g, v in record["groups"].items()]
+    parts += [f"{g} n/r" for g in record.get("groups_not_reported", {})]
     print(f"[xlt-run] {record['run_id']}: test accuracy by group (%): {', '.join(parts)}")

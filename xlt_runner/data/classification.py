@@ -351,5 +351,12 @@ class ClassificationDataModule(pl.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         return self.test_dataloader()
 
+    def optimizer_steps_per_epoch(self, world_size: int = 1, accumulate_grad_batches: int = 1) -> int:
+        """Optimiser steps in one pass over the training set (whole batches only, as the
+        training sampler draws them), at least 1."""
+        self.setup("fit")
+        batches_per_process = len(self._datasets["train"]) // (self.batch_size * world_size)
+        return max(1, batches_per_process // accumulate_grad_batches)
+
     def dataset_sizes(self) -> dict[str, int]:
         return {name: len(ds) for name, ds in self._datasets.items()}

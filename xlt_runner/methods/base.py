@@ -56,6 +56,16 @@ class ClassificationHead(nn.Module):
         return self.out_proj(self.dropout(x))
 
 
+CLASSIFICATION_POOLINGS = ("cls", "mean")  # method.pool besides "model"
+
+
+def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``hidden`` ``(batch, length, d)`` over positions where ``mask`` is 1, summed in
+    float32 (a bf16 sum over a long sequence loses digits); returns float32 ``(batch, d)``."""
+    weights = mask.unsqueeze(-1).float()
+    return (hidden.float() * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+
+
 def build_optimizer(groups: list[dict], cfg: OptimConfig) -> torch.optim.Optimizer:
     """AdamW or Adafactor (fixed learning rate: no relative step, no parameter scaling)."""
     if cfg.name == "adamw":
@@ -67,9 +77,15 @@ def build_optimizer(groups: list[dict], cfg: OptimConfig) -> torch.optim.Optimiz
     raise ConfigError(f"method.optim.name={cfg.name!r} is not supported; choose adamw or adafactor")
 
 
-def lr_lambda(cfg: OptimConfig, total_steps: int):
-    """Multiplier of the base learning rate at optimiser step ``s`` (warmup, then the schedule)."""
-    warmup = cfg.warmup_steps
+def warmup_steps(cfg: OptimConfig, total_steps: int, ratio: float | None = None) -> int:
+    """Warmup length in optimiser steps: ``ratio`` (else ``cfg.warmup_ratio``) of ``total_steps``,
+    rounded down, or else ``cfg.warmup_steps``."""
+    ratio = cfg.warmup_ratio if ratio is None else ratio
+    return int(ratio * total_steps) if ratio is not None else cfg.warmup_steps
+
+
+def lr_lambda(cfg: OptimConfig, total_steps: int, warmup: int):
+    """Multiplier of the base learning rate at optimiser step ``s`` (``warmup`` steps, then the schedule)."""
 
     def factor(step: int) -> float:
         if step < warmup:
@@ -110,6 +126,9 @@ class ClassificationMethod(pl.LightningModule):
         self.total_steps = total_steps
         self.backbone_name = backbone.name
         self.backbone = backbone.model
+        self.pooling = backbone.pooling if cfg.pool == "model" else cfg.pool
+        self.check_pooling()
+        self.warmup_ratio: float | None = None  # set for a phase (regime.target_warmup_ratio); else method.optim's
         self.head = ClassificationHead(backbone.hidden_size, len(task.labels), cfg.classifier_dropout)
         self.configure_trainable()
         self.backbone_frozen = not any(p.requires_grad for p in self.backbone.parameters())
@@ -127,6 +146,12 @@ class ClassificationMethod(pl.LightningModule):
         if model_kind not in cls.supported_model_kinds:
             raise ConfigError(f"method={cls.name} supports model kinds {list(cls.supported_model_kinds)}, "
                               f"not {model_kind!r}; choose another model=")
+
+    def check_pooling(self) -> None:
+        """Fail fast on a ``method.pool`` this method cannot read."""
+        if self.pooling not in CLASSIFICATION_POOLINGS:
+            raise ConfigError(f"method.pool={self.cfg.pool!r} is not valid for method={self.name}; choose model "
+                              f"(the backbone's model.pooling) or one of: {', '.join(CLASSIFICATION_POOLINGS)}")
 
     def configure_trainable(self) -> None:
         """Set ``requires_grad``; the default trains backbone and head."""
@@ -163,9 +188,12 @@ class ClassificationMethod(pl.LightningModule):
         return self
 
     def encode(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Pooled representation ``(batch, hidden)``: the first (``<s>``/``[CLS]``) token."""
+        """Pooled representation ``(batch, hidden)`` per ``self.pooling``: the first position
+        (``<s>``/``[CLS]``) or the mean over the attention-masked real tokens."""
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.backbone_frozen):
             out = self.backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        if self.pooling == "mean":
+            return masked_mean(out.last_hidden_state, batch["attention_mask"])
         return out.last_hidden_state[:, 0]
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -184,7 +212,8 @@ class ClassificationMethod(pl.LightningModule):
 
     def configure_optimizers(self):
         optimizer = build_optimizer(self.parameter_groups(), self.cfg.optim)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(self.cfg.optim, self.total_steps))
+        warmup = warmup_steps(self.cfg.optim, self.total_steps, self.warmup_ratio)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(self.cfg.optim, self.total_steps, warmup))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # --------------------------------------------------------------- evaluation
@@ -193,7 +222,8 @@ class ClassificationMethod(pl.LightningModule):
         class 0) for :meth:`_check_finite` at the end of the stage."""
         logits = self(batch)
         self._nonfinite_rows = self._nonfinite_rows + (~torch.isfinite(logits).all(dim=-1)).sum()
-        metric.update(logits.argmax(-1), batch["labels"], batch["lang"])
+        loss = nn.functional.cross_entropy(logits.float(), batch["labels"], reduction="none")
+        metric.update(logits.argmax(-1), batch["labels"], batch["lang"], loss)
 
     def _check_finite(self, stage: str) -> None:
         """Fail the run, on every rank alike, if any rank saw non-finite logits in this stage."""
@@ -217,6 +247,7 @@ class ClassificationMethod(pl.LightningModule):
         idx = self._source_index.to(values["accuracy"].device)
         self.log("val/accuracy", values["accuracy"][idx].mean().float(), prog_bar=True, sync_dist=False)
         self.log("val/macro_f1", values["macro_f1"][idx].mean().float(), sync_dist=False)
+        self.log("val/loss", values["loss"][idx].mean().float(), sync_dist=False)
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self._eval_update(self.test_metric, batch)

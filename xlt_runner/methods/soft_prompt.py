@@ -19,9 +19,13 @@ Wiring (see :meth:`SoftPromptMethod.encode`):
   ``T`` is. ``before_cls`` gives ``P_1..P_T <s> text </s>``, the layout of PEFT's
   prompt tuning that the XPE authors' code uses (with ``pool=first_virtual`` it is
   their setup exactly: PEFT's sequence-classification head reads position 0).
-* What the head reads (``pool``): ``cls`` (default) the real ``<s>``/``[CLS]`` token;
-  ``first_virtual`` the first prompt position; ``mean`` the mean over real tokens
-  (the prompt excluded).
+* What the head reads (``pool``): ``model`` (default) the backbone's ``model.pooling``;
+  ``cls`` the real ``<s>``/``[CLS]`` token; ``first_virtual`` the first prompt position;
+  ``mean`` the mean over real tokens (the prompt excluded).
+* Learning rates: SPT embeddings at ``prompt_lr``; XPE's pseudo prompt at
+  ``pseudo_prompt_lr`` (the authors' code trains it with the embedding rate, 5e-3, no
+  weight decay; ``null`` puts it with the encoder and head, the paper text's reading);
+  encoder and head at ``optim.lr``.
 * The attention mask is extended with ones for the prompt; models with token type
   embeddings get explicit zeros. Position ids are the backbone's own (sequential
   from the start for ``inputs_embeds``; right padding keeps real tokens exact).
@@ -47,11 +51,11 @@ import torch
 from torch import nn
 
 from xlt_runner.config import ConfigError, MethodConfig, register_method_schema
-from xlt_runner.methods.base import ClassificationMethod, ClassificationTask
+from xlt_runner.methods.base import ClassificationMethod, ClassificationTask, masked_mean
 from xlt_runner.models import Backbone
 
 PROMPT_POSITIONS = ("after_cls", "before_cls")
-POOLINGS = ("cls", "first_virtual", "mean")
+POOLINGS = ("cls", "first_virtual", "mean")  # method.pool besides "model"
 SPT_INITS = ("random", "vocab", "text")
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU}
 FINAL_PROMPT_KEY = "prompt.final"
@@ -64,7 +68,6 @@ class SoftPromptConfig(MethodConfig):
     apply to the head and (XPE) the prompt encoder with its pseudo prompt."""
     prompt_length: int = 20  # T, virtual tokens in total
     prompt_position: str = "after_cls"  # after_cls | before_cls
-    pool: str = "cls"  # cls | first_virtual | mean
 
 
 @dataclass
@@ -88,6 +91,8 @@ class XpeConfig(SoftPromptConfig):
     encoder_dropout: float = 0.1
     target_phase: bool = False  # target-language tuning: encoder dropout 0
     pseudo_init_std: float = 1.0  # std of the pseudo prompt's normal init
+    pseudo_prompt_lr: Optional[float] = 5.0e-3  # null: optim.lr and optim.weight_decay
+    pseudo_prompt_weight_decay: float = 0.0
 
 
 @dataclass
@@ -184,9 +189,11 @@ class SoftPromptMethod(ClassificationMethod):
     """Frozen backbone with a soft prompt at its embedding layer; prompt and head train.
 
     Subclasses define :meth:`build_prompt`. Parameter groups: SPT embeddings at
-    ``method.prompt_lr`` / ``method.prompt_weight_decay``; everything else that trains
-    (prompt encoder, pseudo prompt, head) at ``method.optim.lr`` with
-    ``method.optim.weight_decay`` on matrices and none on biases.
+    ``method.prompt_lr`` / ``method.prompt_weight_decay``; the pseudo prompt at
+    ``method.pseudo_prompt_lr`` / ``method.pseudo_prompt_weight_decay`` (when the rate is
+    set); everything else that trains (prompt encoder, head, and the pseudo prompt when its
+    rate is null) at ``method.optim.lr`` with ``method.optim.weight_decay`` on matrices
+    and none on biases.
     """
 
     config_class: ClassVar[type[MethodConfig]] = SoftPromptConfig
@@ -194,7 +201,6 @@ class SoftPromptMethod(ClassificationMethod):
     def __init__(self, cfg: SoftPromptConfig, backbone: Backbone, task: ClassificationTask, total_steps: int) -> None:
         super().__init__(cfg, backbone, task, total_steps)
         _choice("prompt_position", cfg.prompt_position, PROMPT_POSITIONS)
-        _choice("pool", cfg.pool, POOLINGS)
         if cfg.prompt_length < 1:
             raise ConfigError(f"method.prompt_length={cfg.prompt_length} must be at least 1")
         self.special_token_ids = torch.tensor(sorted(backbone.tokenizer.all_special_ids), dtype=torch.long)
@@ -209,6 +215,11 @@ class SoftPromptMethod(ClassificationMethod):
 
     def configure_trainable(self) -> None:
         self.backbone.requires_grad_(False)
+
+    def check_pooling(self) -> None:
+        if self.pooling not in POOLINGS:
+            raise ConfigError(f"method.pool={self.cfg.pool!r} is not valid for method={self.name}; choose model "
+                              f"(the backbone's model.pooling) or one of: {', '.join(POOLINGS)}")
 
     def build_prompt(self, backbone: Backbone) -> SoftPrompt:
         raise NotImplementedError
@@ -269,23 +280,26 @@ class SoftPromptMethod(ClassificationMethod):
         attention_mask = torch.cat([text_mask[:, :cut], prompt_mask, text_mask[:, cut:]], dim=1)
         extra = {"token_type_ids": torch.zeros_like(attention_mask)} if self.uses_token_types else {}
         hidden = self.backbone(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **extra).last_hidden_state
-        if self.cfg.pool == "cls":
+        if self.pooling == "cls":
             return hidden[:, 0 if cut else t]
-        if self.cfg.pool == "first_virtual":
+        if self.pooling == "first_virtual":
             return hidden[:, cut]
         real = torch.cat([text_mask[:, :cut], torch.zeros_like(prompt_mask), text_mask[:, cut:]], dim=1)
-        real = real.unsqueeze(-1).to(hidden.dtype)
-        return (hidden * real).sum(1) / real.sum(1).clamp(min=1)
+        return masked_mean(hidden, real)
 
     # ---------------------------------------------------------------- optimiser
     def parameter_groups(self) -> list[dict[str, Any]]:
-        spt = self.prompt.spt
+        spt, pseudo = self.prompt.spt, self.prompt.pseudo
         groups = []
         if spt is not None:
             groups.append({"params": [spt], "lr": self.cfg.prompt_lr, "weight_decay": self.cfg.prompt_weight_decay})
+        own_rate = pseudo is not None and self.cfg.pseudo_prompt_lr is not None
+        if own_rate:
+            groups.append({"params": [pseudo], "lr": self.cfg.pseudo_prompt_lr,
+                           "weight_decay": self.cfg.pseudo_prompt_weight_decay})
         decay, no_decay = [], []
         for p in self.parameters():
-            if p.requires_grad and p is not spt:
+            if p.requires_grad and p is not spt and not (own_rate and p is pseudo):
                 (no_decay if p.ndim < 2 else decay).append(p)
         groups += [{"params": decay, "weight_decay": self.cfg.optim.weight_decay},
                    {"params": no_decay, "weight_decay": 0.0}]
@@ -308,7 +322,7 @@ class SoftPromptMethod(ClassificationMethod):
         state[FINAL_PROMPT_KEY] = self.final_prompt().float().cpu().contiguous()
         save_file(state, path, metadata={"method": self.name, "backbone": self.backbone_name,
                                          "prompt_length": str(self.cfg.prompt_length),
-                                         "prompt_position": self.cfg.prompt_position, "pool": self.cfg.pool})
+                                         "prompt_position": self.cfg.prompt_position, "pool": self.pooling})
 
     def load_trainable(self, path: str) -> None:
         """Load :meth:`save_trainable` output and check the rebuilt prompt equals ``prompt.final``."""

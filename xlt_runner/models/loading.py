@@ -39,6 +39,7 @@ class Backbone:
     none, ``padding_side="left"``). ``hidden_size`` is the width of the model's hidden states.
     ``source`` says where the weights came from: ``tiny:xlmr``, ``packaged:me5_small -> /dir``,
     ``hub:FacebookAI/xlm-roberta-base``, ``local:/dir`` or ``gguf:/dir/file.gguf``.
+    ``pooling`` is ``model.pooling``: how this backbone's sentence vector is read (cls | mean).
     """
     model: torch.nn.Module
     tokenizer: PreTrainedTokenizerBase
@@ -46,6 +47,7 @@ class Backbone:
     name: str
     hidden_size: int
     source: str
+    pooling: str = "cls"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -264,7 +266,7 @@ def _backbone(cfg: ModelConfig, model, tokenizer, source: str) -> Backbone:
     text_config = model.config.get_text_config()
     hidden_size = getattr(text_config, "hidden_size", None) or getattr(text_config, "d_model")
     return Backbone(model=model.eval(), tokenizer=tokenizer, kind=cfg.kind, name=cfg.name,
-                    hidden_size=int(hidden_size), source=source)
+                    hidden_size=int(hidden_size), source=source, pooling=cfg.pooling)
 
 
 def _prepare_tokenizer(cfg: ModelConfig, model, tokenizer) -> None:
