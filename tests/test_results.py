@@ -9,7 +9,7 @@ import yaml
 from scipy import stats as scipy_stats
 
 from xlt_runner.results import record, report
-from xlt_runner.results.stats import mean_ci, welch_p
+from xlt_runner.results.stats import FEWER_THAN_TWO, ZERO_VARIANCE, mean_ci, welch_p, welch_undefined_reason
 
 LANGUAGES = ["eng_Latn", "arb_Arab", "zho_Hans", "fra_Latn", "yor_Latn", "xyz_Fake"]
 GROUPS = {"seen": ["eng_Latn", "arb_Arab", "zho_Hans", "fra_Latn"], "unseen": ["yor_Latn", "xyz_Fake"]}
@@ -99,7 +99,11 @@ def test_mean_ci_matches_hand_computation():
 def test_welch_matches_scipy():
     a, b = [0.70, 0.72, 0.74, 0.69], [0.80, 0.83, 0.79]
     assert welch_p(a, b) == pytest.approx(scipy_stats.ttest_ind(a, b, equal_var=False).pvalue)
-    assert math.isnan(welch_p([0.7], b))
+    assert math.isnan(welch_p([0.7], b)) and welch_undefined_reason([0.7], b) == FEWER_THAN_TWO
+    constant_a, constant_b = [0.7, 0.7], [0.8, 0.8]
+    assert math.isnan(welch_p(constant_a, constant_b))
+    assert welch_undefined_reason(constant_a, constant_b) == ZERO_VARIANCE
+    assert welch_undefined_reason(a, b) is None and welch_undefined_reason([0.7, 0.7], b) is None
 
 
 def test_collect_runs_and_cells(sweep_root):
@@ -140,7 +144,7 @@ def test_group_table_numbers(sweep_root):
     assert lora["n_seeds"] == 1 and math.isnan(lora["ci_half_width"]) and math.isnan(lora["p_vs_best"])
 
     markdown = report.format_markdown(table)
-    assert "**81.5 ± " in markdown and "72.0 ± 5.0 (n=3) p=" in markdown and "75.0 (n=1)" in markdown
+    assert "**81.5 ± " in markdown and "72.0 ± 5.0 (n=3) p=" in markdown and "75.0 (n=1: no test)" in markdown
     latex = report.format_latex(table)
     assert r"\textbf{81.5 $\pm$" in latex and r"head\_only" in latex
 

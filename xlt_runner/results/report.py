@@ -8,9 +8,22 @@ Terms used here:
   (method, model, benchmark, languages). Only ``"complete"`` runs enter any mean; if a
   cell has two complete records for the same seed (e.g. the same run in two output
   trees), the most recently finished one is used and a warning is issued.
-* **comparison block**: cells with the same (model, benchmark, languages). Within a block
-  and a report group, the best cell is the one with the highest mean; every other cell
-  gets the two-sided Welch unpaired t-test p-value of its seeds against the best's seeds.
+* **comparison block**: cells with the same (model, benchmark, languages). Cells are only
+  compared within a block and a report group.
+* **direction**: a report group's scores are better higher unless its records say
+  ``"higher_is_better": false`` (e.g. the language-ID probe's ``langid:<group>`` groups,
+  marked ↓ in the tables).
+* **best**: the cell of a block and group with the best mean in the group's direction (ties
+  all best); every other cell gets the two-sided Welch unpaired t-test p-value of its seeds
+  against the best's seeds.
+* **reference method** (``--compare-to METHOD``): additionally, every cell gets Welch's
+  p-value against the seeds of the block's cell of that method (e.g. ``spt``, as in the paper).
+* **n/r** (not reported): a group a record lists in ``groups_not_reported`` with a reason,
+  having no zero-shot mean on purpose (e.g. a group made of source languages only); its cells
+  read ``n/r`` with the reason as a footnote. A cell without data reads ``–``.
+* **reference rows**: published numbers (n_seeds 0, never best, never tested) beside SIB-200
+  blocks: the SIB-200 paper's full fine-tuning, and the XPE paper's per-group means of the
+  block's method and source set.
 
 Scores in tables and plots are percentages; CIs are 95% Student-t half-widths over seeds.
 """
@@ -24,7 +37,7 @@ import math
 import os
 import sys
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib.util import find_spec
 from pathlib import Path
@@ -34,7 +47,7 @@ import pandas as pd
 import yaml
 
 from xlt_runner.results.record import RESULTS_FILE, UnreadableRecord, atomic_path, load_record, write_text_atomic
-from xlt_runner.results.stats import mean_ci, welch_p
+from xlt_runner.results.stats import ZERO_VARIANCE, mean_ci, welch_p, welch_undefined_reason
 
 if TYPE_CHECKING:
     from xlt_runner.data.languages import LanguageTable
@@ -112,8 +125,9 @@ def collect_runs(root: str | os.PathLike) -> pd.DataFrame:
 
     Columns: run_dir, status, run_id, sweep_name, method, model, benchmark, languages, seed,
     cell (8-hex id of the cell), cell_label, cell_name, started_at, finished_at, error
-    ("Type: message" or None), overrides (list), groups, group_members, per_language (the
-    record's dicts). Rows are sorted by run_dir.
+    ("Type: message" or None), overrides (list), groups, groups_not_reported, group_members,
+    per_language (the record's dicts), benchmark_data_dir (the record's
+    ``config.benchmark.data_dir`` or None). Rows are sorted by run_dir.
 
     ``status`` is the record's, except ``"dead"`` for a ``running`` record whose process is
     gone (``error`` then says why, see :func:`dead_run_reason`) and ``"unreadable"`` for a file
@@ -134,7 +148,7 @@ def collect_runs(root: str | os.PathLike) -> pd.DataFrame:
                           "status and not counted as a result.", stacklevel=2)
             unreadable.append({"run_dir": str(directory), "status": "unreadable", "cell_label": UNREADABLE_CELL,
                                "cell_name": UNREADABLE_CELL, "error": exc.reason, "overrides": [], "groups": {},
-                               "group_members": {}, "per_language": {}})
+                               "groups_not_reported": {}, "group_members": {}, "per_language": {}})
             continue
         if record is None:  # removed since the directory was listed
             continue
@@ -145,6 +159,8 @@ def collect_runs(root: str | os.PathLike) -> pd.DataFrame:
         error = f"{error.get('type')}: {error.get('message')}" if isinstance(error, dict) else None
         if status == "running" and (reason := dead_run_reason(directory, record)):
             status, error = "dead", reason
+        config = record.get("config")
+        benchmark_config = config.get("benchmark") if isinstance(config, dict) else None
         rows.append({
             "run_dir": str(directory),
             "status": status,
@@ -158,13 +174,15 @@ def collect_runs(root: str | os.PathLike) -> pd.DataFrame:
             "error": error,
             "overrides": list(record.get("overrides") or []),
             "groups": record.get("groups") or {},
+            "groups_not_reported": record.get("groups_not_reported") or {},
             "group_members": record.get("group_members") or {},
             "per_language": record.get("per_language") or {},
+            "benchmark_data_dir": benchmark_config.get("data_dir") if isinstance(benchmark_config, dict) else None,
         })
     _cell_labels(rows, identities)
     columns = ["run_dir", "status", "run_id", "sweep_name", "method", *BLOCK_COLUMNS, "seed", "cell",
                "cell_label", "cell_name", "started_at", "finished_at", "error", "overrides", "groups",
-               "group_members", "per_language"]
+               "groups_not_reported", "group_members", "per_language", "benchmark_data_dir"]
     return pd.DataFrame(rows + unreadable, columns=columns).sort_values("run_dir", ignore_index=True)
 
 
@@ -281,61 +299,154 @@ def complete_runs(df: pd.DataFrame) -> pd.DataFrame:
 
 
 # ----------------------------------------------------------------------------- table
+class ReportError(ValueError):
+    """The records cannot be reported as asked (e.g. an ambiguous reference method)."""
+
+
 @dataclass
 class GroupTable:
     """Across-seed summary per (cell, report group).
 
     ``rows`` columns: model, benchmark, languages, method, cell_label, cell, group, metric,
-    n_seeds, seeds (sorted list), mean, ci_half_width (percent), best (bool; highest mean of
-    its comparison block and group, ties all best), p_vs_best (Welch p against the best's
-    seeds; nan for the best itself or when either side has < 2 seeds).
+    n_seeds, seeds (sorted list), mean, ci_half_width (percent), note (the reason of a group
+    not reported on purpose, mean nan; else None), higher_is_better (the group's direction),
+    best (bool; best mean of its comparison block and group in the group's direction, ties
+    all best), p_vs_best (Welch p against the best's seeds), p_vs_reference (Welch p against
+    the seeds of the block's ``compare_to`` cell), why_no_p_vs_best / why_no_p_vs_reference
+    (why a p is nan although there is a cell to test against: a
+    :func:`~xlt_runner.results.stats.welch_undefined_reason`), coverage (reference rows
+    averaging only some of the group's languages: "k/n langs").
+
+    ``notes``: warning and info lines for the reader (a block without the reference method,
+    paper results not found).
     """
     metric: str
     groups: list[str]
     rows: pd.DataFrame
+    compare_to: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def lower_is_better(self) -> set[str]:
+        """Groups whose best mean is the lowest."""
+        return set(self.rows.loc[~self.rows["higher_is_better"].astype(bool), "group"])
 
 
-def group_table(df: pd.DataFrame, metric: str = "accuracy") -> GroupTable:
-    """Mean ± 95% CI (percent) of each complete cell's group ``metric`` across seeds."""
+CELL_KEY = ("model", "benchmark", "languages", "method", "cell_label", "cell", "group")
+
+
+def group_table(df: pd.DataFrame, metric: str = "accuracy", compare_to: str | None = None,
+                paper_results: str | os.PathLike | None = None) -> GroupTable:
+    """Mean ± 95% CI (percent) of each complete cell's group ``metric`` across seeds.
+
+    Groups come from the records' ``groups`` and ``groups_not_reported``, in first-seen
+    order. A group whose records say ``higher_is_better: false`` has its lowest mean best;
+    records disagreeing on a group's direction raise :class:`ReportError`. ``compare_to``
+    (a method name) adds Welch p-values against that method's cell of each comparison block;
+    it raises :class:`ReportError` when it names no method present or when a block has
+    several cells of it. For accuracy, SIB-200 blocks get reference rows from the SIB-200
+    paper (:func:`sib200_reference_rows`) and the XPE paper (:func:`xpe_paper_rows`, read from
+    ``paper_results`` or found next to the benchmark data).
+    """
     if metric not in METRICS:
         raise ValueError(f"Unknown metric {metric!r}; choose one of {', '.join(METRICS)}.")
     runs = complete_runs(df)
     groups: list[str] = []
+    higher_is_better: dict[str, bool] = {}
     samples: dict[tuple, dict] = {}
+    not_reported: dict[tuple, dict] = {}
     for run in runs.itertuples():
-        for group, scores in run.groups.items():
+        cell = tuple(getattr(run, column) for column in CELL_KEY[:-1])
+        for group in [*run.groups, *run.groups_not_reported]:
             if group not in groups:
                 groups.append(group)
-            value = scores.get(metric) if isinstance(scores, dict) else None
-            if value is None:
+        for group, scores in run.groups.items():
+            scores = scores if isinstance(scores, dict) else {}
+            direction = bool(scores.get("higher_is_better", True))
+            if higher_is_better.setdefault(group, direction) != direction:
+                raise ReportError(f"Records disagree on the direction of group {group!r}: {run.run_dir} has "
+                                  f"higher_is_better={direction}, an earlier record higher_is_better={not direction}.")
+            if scores.get(metric) is None:
                 continue
-            key = (run.model, run.benchmark, run.languages, run.method, run.cell_label, run.cell, group)
-            sample = samples.setdefault(key, {"seeds": [], "values": []})
+            sample = samples.setdefault((*cell, group), {"seeds": [], "values": []})
             sample["seeds"].append(run.seed)
-            sample["values"].append(100.0 * float(value))
+            sample["values"].append(100.0 * float(scores[metric]))
+        for group, reason in run.groups_not_reported.items():
+            not_reported.setdefault((*cell, group), {"seeds": [], "reason": str(reason)})["seeds"].append(run.seed)
     rows = []
     for key, sample in samples.items():
         order = sorted(range(len(sample["seeds"])), key=lambda i: sample["seeds"][i])
         values = [sample["values"][i] for i in order]
         mean, half_width = mean_ci(values, CONFIDENCE)
-        rows.append(dict(zip(("model", "benchmark", "languages", "method", "cell_label", "cell", "group"), key),
-                         metric=metric, n_seeds=len(values), seeds=[sample["seeds"][i] for i in order],
-                         values=values, mean=mean, ci_half_width=half_width))
-    table = pd.DataFrame(rows, columns=["model", "benchmark", "languages", "method", "cell_label", "cell", "group",
-                                        "metric", "n_seeds", "seeds", "values", "mean", "ci_half_width"])
+        rows.append(dict(zip(CELL_KEY, key), metric=metric, n_seeds=len(values),
+                         seeds=[sample["seeds"][i] for i in order], values=values, mean=mean,
+                         ci_half_width=half_width, note=None))
+    for key, sample in not_reported.items():
+        if key not in samples:
+            rows.append(dict(zip(CELL_KEY, key), metric=metric, n_seeds=len(sample["seeds"]),
+                             seeds=sorted(sample["seeds"]), values=[], mean=math.nan, ci_half_width=math.nan,
+                             note=sample["reason"]))
+    table = pd.DataFrame(rows, columns=[*CELL_KEY, "metric", "n_seeds", "seeds", "values", "mean",
+                                        "ci_half_width", "note", "coverage"])
     table["best"] = False
-    table["p_vs_best"] = math.nan
-    for _, block in table.groupby([*BLOCK_COLUMNS, "group"], sort=False):
-        top = block["mean"].max()
+    for column in ("p_vs_best", "p_vs_reference"):
+        table[column] = math.nan
+        table[f"why_no_{column}"] = None
+    scored = table[table["mean"].notna()]
+    for (*_, group), block in scored.groupby([*BLOCK_COLUMNS, "group"], sort=False):
+        top = block["mean"].max() if higher_is_better.get(group, True) else block["mean"].min()
         best_index = block.index[block["mean"].apply(lambda m: math.isclose(m, top))]
         table.loc[best_index, "best"] = True
-        best_values = table.at[best_index[0], "values"]
-        for index in block.index.difference(best_index):
-            table.at[index, "p_vs_best"] = welch_p(table.at[index, "values"], best_values)
+        _welch_tests(table, block.index.difference(best_index), best_index[0], "p_vs_best")
+    notes = _tests_against_reference_method(table, scored, compare_to) if compare_to is not None else []
     table = table.sort_values([*BLOCK_COLUMNS, "cell_label"], kind="stable", ignore_index=True)
     if metric == "accuracy":
-        table = pd.concat([table, sib200_reference_rows(runs, groups)], ignore_index=True)
-    return GroupTable(metric=metric, groups=groups, rows=table.drop(columns="values"))
+        # lower-is-better groups (the language-ID probe's) measure something else: no task reference
+        accuracy_groups = [g for g in groups if higher_is_better.get(g, True)]
+        paper_rows, paper_notes = xpe_paper_rows(runs, accuracy_groups, paper_results)
+        table = pd.concat([table, sib200_reference_rows(runs, accuracy_groups), paper_rows], ignore_index=True)
+        notes += paper_notes
+    table["higher_is_better"] = table["group"].map(lambda g: higher_is_better.get(g, True))
+    return GroupTable(metric=metric, groups=groups, rows=table.drop(columns="values"), compare_to=compare_to,
+                      notes=notes)
+
+
+def _welch_tests(table: pd.DataFrame, indices: pd.Index, against: int, column: str) -> None:
+    """Set ``column`` (a p-value column) and ``why_no_<column>`` of rows ``indices``: Welch's test of
+    their values against those of row ``against``."""
+    against_values = table.at[against, "values"]
+    for index in indices:
+        table.at[index, column] = welch_p(table.at[index, "values"], against_values)
+        table.at[index, f"why_no_{column}"] = welch_undefined_reason(table.at[index, "values"], against_values)
+
+
+def _block_name(key: tuple) -> str:
+    return ", ".join(f"{column}={value}" for column, value in zip(BLOCK_COLUMNS, key))
+
+
+def _tests_against_reference_method(table: pd.DataFrame, scored: pd.DataFrame, method: str) -> list[str]:
+    """Fill ``p_vs_reference`` of ``table`` against the ``method`` cell of each comparison block
+    (rows ``scored``); return a warning line per block without such a cell."""
+    present = sorted(set(scored["method"]))
+    if method not in present:
+        raise ReportError(f"reference method {method!r} is in no comparison block; methods present: "
+                          f"{', '.join(present)}.")
+    warning_lines = []
+    for key, block in scored.groupby(list(BLOCK_COLUMNS), sort=False):
+        reference_cells = list(dict.fromkeys(block.loc[block["method"] == method, "cell_label"]))
+        if len(reference_cells) > 1:
+            raise ReportError(f"block {_block_name(key)} has {len(reference_cells)} cells of the reference method "
+                              f"{method!r}, differing in config: {'; '.join(reference_cells)}. Report a subset with "
+                              "one of them (e.g. one sweep directory).")
+        if not reference_cells:
+            warning_lines.append(f"warning: block {_block_name(key)} has no {method} cell: its cells get no p vs "
+                                 f"{method}.")
+            continue
+        for _, group_rows in block.groupby("group", sort=False):
+            reference = group_rows.index[group_rows["method"] == method]
+            if len(reference):
+                _welch_tests(table, group_rows.index.difference(reference), reference[0], "p_vs_reference")
+    return warning_lines
 
 
 SIB200_REFERENCE_LABEL = "SIB-200 paper: XLM-R large, full FT (reference)"
@@ -363,29 +474,123 @@ def sib200_reference_rows(runs: pd.DataFrame, groups: list[str]) -> pd.DataFrame
     return pd.DataFrame(rows)
 
 
+XPE_PAPER_FILE = "xpe_paper_appendix_a.tsv"
+#: Source sets (``languages`` config names) and methods with a column ``<source>_<method>`` in :data:`XPE_PAPER_FILE`.
+XPE_PAPER_SOURCE_SETS = ("enarzho", "joshi5", "seen")
+XPE_PAPER_METHODS = ("spt", "dual_xpe30", "dual_xpe70", "xpe")
+#: Codes of the extracted appendix that are typos of SIB-200 codes.
+XPE_PAPER_CODE_FIXES = {"maj_Deva": "mai_Deva"}
+
+
+def read_xpe_paper_results(path: str | os.PathLike) -> pd.DataFrame:
+    """The XPE paper's Appendix A (per-language accuracy in %, XLM-R large, mean of 10 seeds)
+    indexed by SIB-200 code, columns ``<source>_<method>``; a code unknown to the language
+    table is corrected by :data:`XPE_PAPER_CODE_FIXES`."""
+    from xlt_runner.data.languages import LanguageTable
+
+    known = LanguageTable.default()
+    results = pd.read_csv(path, sep="\t")
+    results["lang"] = [code if code in known else XPE_PAPER_CODE_FIXES.get(code, code) for code in results["lang"]]
+    return results.set_index("lang")
+
+
+def xpe_paper_rows(runs: pd.DataFrame, groups: list[str],
+                   path: str | os.PathLike | None = None) -> tuple[pd.DataFrame, list[str]]:
+    """(rows, info lines): the XPE paper's per-group means for the SIB-200 blocks of ``runs``
+    (complete runs) whose languages config is a paper source set, one reference row (n_seeds 0,
+    never best) per paper method in the block. A group's value is the mean of the paper's
+    values over its members (``group_members`` of the block's first record) that have one;
+    ``coverage`` says "k/n langs" when only k of its n members have one.
+
+    Without ``path``, the file is looked for at ``<benchmark.data_dir>/../meta/``
+    :data:`XPE_PAPER_FILE` of the records (relative to the working directory); if it is not
+    there, no rows and an info line saying how to add them.
+    """
+    eligible = runs[(runs["benchmark"] == "sib200") & runs["languages"].isin(XPE_PAPER_SOURCE_SETS)
+                    & runs["method"].isin(XPE_PAPER_METHODS)] if len(runs) else runs
+    if eligible.empty:
+        return pd.DataFrame(), []
+    if path is None:
+        candidates = list(dict.fromkeys(Path(data_dir).expanduser() / ".." / "meta" / XPE_PAPER_FILE
+                                        for data_dir in eligible["benchmark_data_dir"] if data_dir))
+        path = next((candidate for candidate in candidates if candidate.is_file()), None)
+        if path is None:
+            looked = f" (looked at {', '.join(map(str, candidates))})" if candidates else ""
+            return pd.DataFrame(), [f"info: no XPE paper reference rows: {XPE_PAPER_FILE} not found next to the "
+                                    f"benchmark data{looked}; add them with --paper-results PATH."]
+    paper = read_xpe_paper_results(path)
+    rows = []
+    for key, block in eligible.groupby(list(BLOCK_COLUMNS), sort=False):
+        members = block.iloc[0]["group_members"]
+        for method in (m for m in XPE_PAPER_METHODS if m in set(block["method"])):
+            column = paper[f"{key[2]}_{method}"].dropna()
+            for group in groups:
+                codes = members.get(group) or []
+                values = [column[code] for code in codes if code in column.index]
+                if not values:
+                    continue
+                rows.append(dict(zip(BLOCK_COLUMNS, key), method="reference",
+                                 cell_label=f"XPE paper: {method}, XLM-R large, 10 seeds (reference)",
+                                 cell=f"xpe_paper_{method}", group=group, metric="accuracy", n_seeds=0, seeds=[],
+                                 values=[], mean=sum(values) / len(values), ci_half_width=math.nan, best=False,
+                                 p_vs_best=math.nan,
+                                 coverage=f"{len(values)}/{len(codes)} langs" if len(values) < len(codes) else None))
+    return pd.DataFrame(rows), []
+
+
+SUPERSCRIPT_DIGITS = str.maketrans("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹")
+
+
+def _footnote_marker(number: int, style: str) -> str:
+    return rf"$^{{{number}}}$" if style == "tex" else str(number).translate(SUPERSCRIPT_DIGITS)
+
+
+def not_reported_reasons(table: GroupTable) -> list[str]:
+    """The distinct reasons of the not-reported cells, in table order (footnote k is reason k-1)."""
+    return list(dict.fromkeys(table.rows["note"].dropna()))
+
+
 def _format_p(p: float) -> str:
     return "p<0.001" if p < 0.001 else f"p={p:.3f}"
 
 
-def format_cell(row: pd.Series | None, style: str) -> str:
-    """One table cell: ``mean ± ci (n)`` with bold best and Welch p; style md | tex | rich."""
-    if row is None or not math.isfinite(row["mean"]):
+def format_cell(row: pd.Series | None, style: str, compare_to: str | None = None,
+                reasons: list[str] | None = None) -> str:
+    """One table cell, style md | tex | rich: ``mean ± ci (n=k)`` with bold best and Welch p
+    (``p=… vs best; p=… vs <compare_to>`` when ``compare_to`` is given), ``(n=1: no test)``
+    for one seed, ``mean (paper[, k/n langs])`` for a reference row, ``n/r`` plus the footnote
+    number of its reason in ``reasons`` for a group not reported, ``–`` for no data."""
+    if row is None:
         return "–" if style != "tex" else "--"
+    if pd.notna(row["note"]):
+        return "n/r" + _footnote_marker((reasons or []).index(row["note"]) + 1, style)
+    if not math.isfinite(row["mean"]):
+        return "–" if style != "tex" else "--"
+    small = (lambda text: rf" {{\scriptsize {text}}}") if style == "tex" else (lambda text: f" {text}")
     pm = r"$\pm$" if style == "tex" else "±"
     text = f"{row['mean']:.1f}" + (f" {pm} {row['ci_half_width']:.1f}" if math.isfinite(row["ci_half_width"]) else "")
     if row["best"]:
         text = {"md": f"**{text}**", "tex": rf"\textbf{{{text}}}", "rich": f"[bold]{text}[/bold]"}[style]
     if row["n_seeds"] == 0:  # a published reference number, not a run of ours
-        return text + (" (paper)" if style != "tex" else r" {\scriptsize (paper)}")
-    text += f" (n={row['n_seeds']})" if style != "tex" else rf" {{\scriptsize ({row['n_seeds']})}}"
-    if math.isfinite(row["p_vs_best"]):
-        p = _format_p(row["p_vs_best"])
-        text += f" {p}" if style != "tex" else rf" {{\scriptsize ${p}$}}"
-    return text
+        return text + small(f"(paper, {row['coverage']})" if pd.notna(row["coverage"]) else "(paper)")
+    if row["n_seeds"] == 1:
+        return text + small("(n=1: no test)")
+    text += small(f"(n={row['n_seeds']})" if style != "tex" else f"({row['n_seeds']})")
+    tests = [("best", "p_vs_best")] + ([(compare_to, "p_vs_reference")] if compare_to else [])
+    parts = []
+    for against, column in tests:
+        name = _latex_escape(against) if style == "tex" else against
+        versus = f" vs {name}" if compare_to else ""
+        if math.isfinite(row[column]):
+            parts.append((f"${_format_p(row[column])}$" if style == "tex" else _format_p(row[column])) + versus)
+        elif row[f"why_no_{column}"] == ZERO_VARIANCE:
+            parts.append(f"p undefined{versus} (zero variance)")
+    return text + (small("; ".join(parts)) if parts else "")
 
 
 def wide_rows(table: GroupTable, style: str) -> tuple[list[str], list[list[str]], dict[str, str]]:
-    """(header, body rows, constants): one row per cell, one column per group.
+    """(header, body rows, constants): one row per cell, one column per group; the header of
+    a lower-is-better group is marked ↓ (tex: escaped, ``$\\downarrow$``).
 
     Block columns (model/benchmark/languages) whose value is the same everywhere are left
     out of the rows and returned in ``constants`` instead.
@@ -393,21 +598,49 @@ def wide_rows(table: GroupTable, style: str) -> tuple[list[str], list[list[str]]
     rows = table.rows
     constants = {c: str(rows[c].iloc[0]) for c in BLOCK_COLUMNS if rows[c].nunique() == 1} if len(rows) else {}
     label_columns = [c for c in BLOCK_COLUMNS if c not in constants] + ["method"]
-    header = label_columns + table.groups
+    lower_is_better = table.lower_is_better
+    name = _latex_escape if style == "tex" else str
+    down = r" $\downarrow$" if style == "tex" else " ↓"
+    header = label_columns + [name(g) + (down if g in lower_is_better else "") for g in table.groups]
+    reasons = not_reported_reasons(table)
     body = []
     for _, cell_rows in rows.groupby([*BLOCK_COLUMNS, "cell_label", "cell"], sort=False):
         by_group = {row["group"]: row for _, row in cell_rows.iterrows()}
         first = cell_rows.iloc[0]
         labels = [str(first[c]) for c in label_columns[:-1]] + [str(first["cell_label"])]
-        body.append(labels + [format_cell(by_group.get(g), style) for g in table.groups])
+        body.append(labels + [format_cell(by_group.get(g), style, table.compare_to, reasons) for g in table.groups])
     return header, body, constants
 
 
+def _footnotes(table: GroupTable, style: str) -> list[str]:
+    return [f"{_footnote_marker(number, style)} n/r: not reported: {reason}"
+            for number, reason in enumerate(not_reported_reasons(table), start=1)]
+
+
 def _legend(table: GroupTable) -> str:
-    return (f"Test {table.metric} (%) per report group: mean ± {CONFIDENCE:.0%} CI half-width (Student t, n-1 dof) "
-            "over seeds; (n) = complete seeds in the cell (failed/running runs are never averaged in); no ± when n=1. "
-            "Bold = best mean of the group among methods with the same model/benchmark/languages; "
-            "p = two-sided Welch unpaired t-test of that method's seeds against the best's.")
+    rows, reference = table.rows, table.compare_to
+    parts = [f"Test {table.metric} (%) per report group: mean ± {CONFIDENCE:.0%} CI half-width (Student t, "
+             "n-1 dof) over seeds; (n) = complete seeds in the cell (failed/running runs are never averaged in); "
+             "no ± when n=1.",
+             "Bold = best mean of the group among methods with the same model/benchmark/languages."]
+    if reference:
+        parts.append(f"p=… vs best = two-sided Welch unpaired t-test of the cell's seeds against the best's; "
+                     f"p=… vs {reference} = the same against the seeds of the {reference} cell (reference method) "
+                     "with the same model/benchmark/languages.")
+    else:
+        parts.append("p = two-sided Welch unpaired t-test of that method's seeds against the best's.")
+    if (rows["n_seeds"] == 1).any():
+        parts.append("(n=1: no test) = one seed, so no Welch test involves this cell (a best with one seed leaves "
+                     "its whole group without p vs best).")
+    if rows[["why_no_p_vs_best", "why_no_p_vs_reference"]].eq(ZERO_VARIANCE).any(axis=None):
+        parts.append("p undefined (zero variance) = each of the two cells scores the same on all its seeds, so "
+                     "Welch's t is undefined.")
+    if table.lower_is_better:
+        parts.append("↓ = lower is better (the best is the lowest mean).")
+    if (rows["n_seeds"] == 0).any():
+        parts.append("(paper) = a published number averaged over the group's languages, not a run of ours; "
+                     "(paper, k/n langs) = only k of the group's n languages have a published number.")
+    return " ".join(parts)
 
 
 def format_markdown(table: GroupTable) -> str:
@@ -415,7 +648,9 @@ def format_markdown(table: GroupTable) -> str:
     lines = [" ".join(f"{k}: `{v}`." for k, v in constants.items()), ""] if constants else []
     lines += ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
     lines += ["| " + " | ".join(cells) + " |" for cells in body]
-    return "\n".join(lines + ["", _legend(table), ""])
+    for paragraph in [*_footnotes(table, "md"), _legend(table)]:
+        lines += ["", paragraph]
+    return "\n".join(lines + [""])
 
 
 LATEX_SPECIALS = {"\\": r"\textbackslash{}", "_": r"\_", "%": r"\%", "&": r"\&", "#": r"\#", "$": r"\$",
@@ -427,22 +662,24 @@ def _latex_escape(text: str) -> str:
 
 
 def format_latex(table: GroupTable) -> str:
-    """A booktabs ``tabular`` (needs ``\\usepackage{booktabs}``), caption text as a comment."""
+    """A booktabs ``tabular`` (needs ``\\usepackage{booktabs}``), caption text and n/r footnotes as comments."""
     header, body, constants = wide_rows(table, "tex")
     n_labels = len(header) - len(table.groups)
     escape_labels = lambda cells: [_latex_escape(c) for c in cells[:n_labels]] + cells[n_labels:]  # noqa: E731
     lines = [f"% {_legend(table)}"]
+    lines += [f"% {line}" for line in _footnotes(table, "tex")]
     lines += [f"% {k}: {v}" for k, v in constants.items()]
     lines += [r"\begin{tabular}{" + "l" * n_labels + "r" * len(table.groups) + "}", r"\toprule",
-              " & ".join(_latex_escape(h) for h in header) + r" \\", r"\midrule"]
+              " & ".join(escape_labels(header)) + r" \\", r"\midrule"]
     lines += [" & ".join(escape_labels(cells)) + r" \\" for cells in body]
     lines += [r"\bottomrule", r"\end{tabular}", ""]
     return "\n".join(lines)
 
 
 def write_tables(table: GroupTable, out_dir: str | os.PathLike) -> list[Path]:
-    """Write ``report.csv`` (long, numeric: one row per cell x group, ``best`` as a boolean
-    column, seeds ';'-joined), ``report.md`` and ``report.tex``; return their paths."""
+    """Write ``report.csv`` (long, numeric: one row per cell x group with the columns of
+    :class:`GroupTable`, ``best`` as a boolean column, seeds ';'-joined; a group not reported
+    has an empty mean and its reason in ``note``), ``report.md`` and ``report.tex``; return their paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     frame = table.rows.assign(seeds=table.rows["seeds"].apply(lambda seeds: ";".join(map(str, seeds))))
@@ -712,18 +949,31 @@ def _log_to_wandb(root: Path, out: Path, table: GroupTable, status: SweepStatus,
 
 
 def report_main(argv: list[str] | None = None) -> int:
-    """``xlt-report PATH [--out DIR] [--metric accuracy|macro_f1] [--wandb]``.
+    """``xlt-report PATH [--out DIR] [--metric accuracy|macro_f1] [--compare-to METHOD]
+    [--paper-results TSV] [--wandb]``.
 
-    Exit codes: 0 report written; 1 no complete run under PATH; 2 PATH is not a directory.
+    Exit codes: 0 report written; 1 no complete run under PATH; 2 PATH is not a directory,
+    the ``--paper-results`` file does not exist, or the records cannot be reported as asked
+    (:class:`ReportError`, e.g. ``--compare-to`` names no method present).
     """
     from rich.console import Console
     from rich.markup import escape
 
     parser = argparse.ArgumentParser(prog="xlt-report", description="Summarise the runs under PATH: group table "
-                                     "(mean ± 95% CI over seeds), sweep status, per-language plot and export.")
+                                     "(mean ± 95% CI over seeds; per model/benchmark/languages and group, the best "
+                                     "cell in the group's direction and Welch p-values against it; published "
+                                     "reference rows for SIB-200), sweep status, per-language plot and export.")
     parser.add_argument("path", help="an output root, e.g. outputs/ or outputs/sweeps/<sweep_name>")
     parser.add_argument("--out", help="where to write the report files (default: PATH/report)")
-    parser.add_argument("--metric", choices=METRICS, default="accuracy")
+    parser.add_argument("--metric", choices=METRICS, default="accuracy",
+                        help="the group score to tabulate (default: accuracy; reference rows are accuracy only)")
+    parser.add_argument("--compare-to", metavar="METHOD",
+                        help="also give each cell the Welch p-value against the METHOD cell (a record's method, "
+                             "e.g. spt) with the same model/benchmark/languages, beside the p-value against the best")
+    parser.add_argument("--paper-results", metavar="TSV",
+                        help=f"the XPE paper's per-language results ({XPE_PAPER_FILE}) for the paper's reference "
+                             "rows of SIB-200 sweeps with a paper source set (enarzho, joshi5, seen); default: "
+                             f"<benchmark.data_dir>/../meta/{XPE_PAPER_FILE} of the records, if it exists")
     parser.add_argument("--wandb", action="store_true", help="also log the tables and plot to wandb")
     args = parser.parse_args(argv)
     root = Path(args.path)
@@ -731,6 +981,9 @@ def report_main(argv: list[str] | None = None) -> int:
     if not root.is_dir():
         print(f"xlt-report: {root} is not a directory; pass the output root of your runs "
               "(e.g. outputs/ or outputs/sweeps/<sweep_name>).", file=sys.stderr)
+        return 2
+    if args.paper_results and not Path(args.paper_results).is_file():
+        print(f"xlt-report: error: --paper-results {args.paper_results}: no such file.", file=sys.stderr)
         return 2
     out = Path(args.out) if args.out else root / "report"
     runs = collect_runs(root)
@@ -750,12 +1003,19 @@ def report_main(argv: list[str] | None = None) -> int:
     if not (runs["status"] == "complete").any():
         console.print(f"No complete runs under {escape(str(root))} ({len(runs)} record(s) found); nothing to report.")
         return 1
-    table = group_table(runs, args.metric)
+    try:
+        table = group_table(runs, args.metric, args.compare_to, args.paper_results)
+    except ReportError as exc:
+        print(f"xlt-report: error: {exc}", file=sys.stderr)
+        return 2
+    for note in table.notes:
+        console.print(escape(note))
     header, body, constants = wide_rows(table, "rich")
     _print_table(console, f"Test {args.metric} (%) " + escape(" ".join(f"{k}={v}" for k, v in constants.items())),
                  header, [[escape(c) for c in cells[:len(header) - len(table.groups)]] + cells[len(header)
                           - len(table.groups):] for cells in body])
-    console.print(escape(_legend(table)))
+    for line in [*_footnotes(table, "rich"), _legend(table)]:
+        console.print(escape(line))
     paths = write_tables(table, out) + export_all(runs, out) + [out / "status.csv"]
     plot_path = plot_per_language(runs, out / f"per_language_{args.metric}.png", metric=args.metric)
     console.print("Wrote: " + ", ".join(escape(str(p)) for p in paths))

@@ -35,15 +35,27 @@ def mean_ci(values: Iterable[float], confidence: float = 0.95) -> tuple[float, f
     return mean, t_quantile * standard_error
 
 
-def welch_p(a: Iterable[float], b: Iterable[float]) -> float:
-    """Two-sided p-value of Welch's unpaired t-test of equal means (scipy).
+#: Why :func:`welch_p` is nan (see :func:`welch_undefined_reason`).
+FEWER_THAN_TWO = "fewer than 2 values"
+ZERO_VARIANCE = "zero variance in both samples"
 
-    nan when either sample has fewer than 2 finite values, or when both samples have zero
-    variance (the test statistic is undefined).
-    """
+
+def welch_undefined_reason(a: Iterable[float], b: Iterable[float]) -> str | None:
+    """Why Welch's test of ``a`` against ``b`` has no p-value: :data:`FEWER_THAN_TWO` when
+    either sample has fewer than 2 finite values, :data:`ZERO_VARIANCE` when both samples
+    have zero variance (the test statistic is undefined); None when it has one."""
     first, second = _finite(a), _finite(b)
     if first.size < 2 or second.size < 2:
-        return math.nan
+        return FEWER_THAN_TWO
     if first.var(ddof=1) == 0 and second.var(ddof=1) == 0:
+        return ZERO_VARIANCE
+    return None
+
+
+def welch_p(a: Iterable[float], b: Iterable[float]) -> float:
+    """Two-sided p-value of Welch's unpaired t-test of equal means (scipy); nan where
+    :func:`welch_undefined_reason` gives a reason."""
+    first, second = _finite(a), _finite(b)
+    if welch_undefined_reason(first, second):
         return math.nan
     return float(stats.ttest_ind(first, second, equal_var=False).pvalue)
