@@ -131,6 +131,7 @@ class LanguagesConfig:
     ``joshi5``, ``seen``, ``unseen``, ``lowperf``, ``all``); a report group may be a
     difference ``seen-joshi5``. Named sets are intersected with the languages the
     benchmark has; a code named explicitly in ``source`` or ``targets`` must be in its data.
+    A group that contains source languages gets no zero-shot mean (``groups_not_reported``).
     """
     name: str = MISSING
     source: list[str] = MISSING
@@ -150,8 +151,9 @@ class RegimeConfig:
     test on its test split; per-language results are these supervised scores.
     ``langid_probe``: as zero-shot, then train a linear language-ID classifier on the
     pooled representations of the frozen backbone + frozen trained method for
-    ``probe_languages`` (SIB-200 with languages as labels) and report its test accuracy
-    as group ``langid_probe``: lower means more language-agnostic representations.
+    ``probe_languages`` (SIB-200 with languages as labels; ``probe_seeds`` probes, averaged)
+    and report its test accuracy as group ``langid`` and, per report group, the mean
+    per-language recall as ``langid:<group>``: lower means more language-agnostic representations.
     """
     name: str = "zero_shot"  # zero_shot | sequential | langid_probe
     target_max_steps: int = 6000
