@@ -59,7 +59,8 @@ def undisturbed(synthetic_data, shared_cache, tmp_path_factory):
     result = launch(tiny_run_args(synthetic_data, out, shared_cache, *LEARNING_RUN), loss_log=losses)
     assert result.returncode == 0, result.stderr[-3000:]
     (record,) = find_records(out)
-    assert record["training"] == {"max_steps": 40, "trained_steps": 40, "stop_reason": "max_steps"}
+    assert record["training"] == {"max_steps": 40, "trained_steps": 40, "stop_reason": "max_steps",
+                                  "early_stopping": None}
     assert record["best"]["step"] not in (8, 40), "the matrix needs a run whose best step is mid-way"
     return record, read_losses(losses)
 
@@ -365,8 +366,8 @@ def test_the_record_describes_the_best_file_that_is_tested(tmp_path, capsys):
     callback.best_model_score = torch.tensor(0.80)
     path = tmp_path / "best.ckpt"
     torch.save({"global_step": 16, "callbacks": {callback.state_key: {"best_model_score": torch.tensor(0.90)}}}, path)
-    assert best_checkpoint_facts(callback, str(path)) == {"step": 16, "monitor": "val/accuracy",
-                                                         "val_accuracy": pytest.approx(0.90)}
+    assert best_checkpoint_facts(callback, str(path)) == {"step": 16, "monitor": "val/accuracy", "mode": "max",
+                                                         "score": pytest.approx(0.90)}
     assert "saved by an earlier attempt" in capsys.readouterr().err
     callback.best_model_score = torch.tensor(0.90)
     best_checkpoint_facts(callback, str(path))
