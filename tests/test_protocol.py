@@ -19,7 +19,7 @@ from xlt_runner.composition import CONF_DIR, compose
 from xlt_runner.config import BenchmarkConfig, ConfigError, FullFTConfig, HeadOnlyConfig, LoraConfig, OptimConfig
 from xlt_runner.metrics import PerLanguageClassification
 from xlt_runner.methods import ClassificationTask, FullFineTuning, HeadOnly, Lora
-from xlt_runner.methods.base import lr_lambda, masked_mean, warmup_steps
+from xlt_runner.methods.base import lr_lambda, masked_mean, resolve_warmup
 from xlt_runner.methods.soft_prompt import SoftPromptTuning, SptConfig
 from xlt_runner.models import Backbone, build_tiny_model
 from xlt_runner.models.tiny import build_tiny_tokenizer
@@ -132,6 +132,30 @@ def test_masked_mean_sums_bfloat16_in_float32():
     plain_error = (plain.double() - reference).abs().max().item()
     assert error < 1e-5, error
     assert plain_error > 1e-3 and plain_error > 100 * error, (plain_error, error)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64])
+def test_mean_pooling_feeds_a_head_held_in_another_dtype(dtype):
+    """Under ``trainer.precision=bf16-true`` / ``64-true`` the whole module is cast; the float32
+    mean must reach the head in the head's dtype instead of failing in its first matmul."""
+    method = build(HeadOnly, HeadOnlyConfig(), "mean").to(dtype).eval()
+    with torch.no_grad():
+        logits = method(encode_texts("xlmr"))
+    assert logits.dtype == dtype and torch.isfinite(logits.float()).all()
+
+
+def test_saved_weights_refuse_another_representation(tmp_path):
+    """``method.init_from`` checks the pooling (and a soft prompt's layout) the weights were trained
+    with: a head trained on mean-pooled vectors must not silently read the first position."""
+    path = tmp_path / "w.safetensors"
+    build(HeadOnly, HeadOnlyConfig(), "mean").save_trainable(path)
+    build(HeadOnly, HeadOnlyConfig(), "mean").load_trainable(str(path))
+    with pytest.raises(ConfigError, match="trained with pool='mean'.*pool='cls'"):
+        build(HeadOnly, HeadOnlyConfig(), "cls").load_trainable(str(path))
+    prompt = tmp_path / "p.safetensors"
+    build(SoftPromptTuning, SptConfig(prompt_length=3), "mean").save_trainable(prompt)
+    with pytest.raises(ConfigError, match="prompt_position='after_cls'"):
+        build(SoftPromptTuning, SptConfig(prompt_length=3, prompt_position="before_cls"), "mean").load_trainable(str(prompt))
 
 
 # --------------------------------------------------------------------------- 2. monitor
@@ -320,14 +344,15 @@ def test_patience_in_validations_and_epochs_are_exclusive_and_positive(prefix, k
 
 # ------------------------------------------------------------------- 4. warmup as a fraction
 def test_warmup_steps_from_ratio_or_count():
-    """``warmup_steps``: ``int(ratio * total)`` from the explicit ratio, else ``optim.warmup_ratio``,
+    """``resolve_warmup``: ``floor(ratio * total)`` from the explicit ratio, else ``optim.warmup_ratio``,
     else ``optim.warmup_steps``."""
-    assert warmup_steps(OptimConfig(warmup_steps=7), 300) == 7
-    assert warmup_steps(OptimConfig(warmup_ratio=0.1), 300) == 30
-    assert warmup_steps(OptimConfig(warmup_ratio=0.1), 309) == 30  # rounded down
-    assert warmup_steps(OptimConfig(warmup_ratio=0.1), 300, 0.05) == 15
-    assert warmup_steps(OptimConfig(warmup_steps=7), 300, 0.05) == 15
-    assert warmup_steps(OptimConfig(warmup_ratio=0.1), 300, 0.0) == 0
+    assert resolve_warmup(OptimConfig(warmup_steps=7), 300) == 7
+    assert resolve_warmup(OptimConfig(warmup_ratio=0.1), 300) == 30
+    assert resolve_warmup(OptimConfig(warmup_ratio=0.1), 309) == 30  # rounded down
+    assert resolve_warmup(OptimConfig(warmup_ratio=0.1), 300, 0.05) == 15
+    assert resolve_warmup(OptimConfig(warmup_steps=7), 300, 0.05) == 15
+    assert resolve_warmup(OptimConfig(warmup_ratio=0.1), 300, 0.0) == 0
+    assert resolve_warmup(OptimConfig(warmup_ratio=0.29), 100) == 29  # int(0.29 * 100) would be 28
 
 
 def test_lr_multiplier_reaches_one_at_the_end_of_warmup_then_follows_the_schedule():
@@ -420,12 +445,13 @@ def test_sequential_targets_use_the_target_warmup_and_patience(monkeypatch, tmp_
 
     def fake_fit_stage(cfg, method, dm, checkpoint_dir, loggers, *, max_steps, val_check_interval, patience, **kw):
         seen.append((method.warmup_ratio, max_steps, val_check_interval, patience))
-        return FakeTrainer(), None, None, None
+        return FakeTrainer(), None, {"step": 5}, {"trained_steps": max_steps}
 
     monkeypatch.setattr(runner, "fit_stage", fake_fit_stage)
     datamodule_for = lambda src, tgt, steps: SimpleNamespace(eval_languages=list(tgt))
-    results = runner.sequential_targets(cfg, method, datamodule_for, ["fra_Latn", "quy_Latn"], tmp_path)
+    results, phases = runner.sequential_targets(cfg, method, datamodule_for, ["fra_Latn", "quy_Latn"], tmp_path)
     assert sorted(results) == ["fra_Latn", "quy_Latn"]
+    assert phases["quy_Latn"] == {"best": {"step": 5}, "training": {"trained_steps": 40}}  # each phase's rule
     assert seen == [(0.05, 40, 5, runner.Patience(None, 30))] * 2
     assert method.warmup_ratio is None
 

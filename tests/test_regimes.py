@@ -22,6 +22,7 @@ def test_sequential_regime_tunes_and_tests_each_target(tmp_path, synthetic_data,
     assert sorted(record["zero_shot_per_language"]) == ["fra_Latn", "quy_Latn"]
     for lang in ("fra_Latn", "quy_Latn"):
         assert record["per_language"][lang]["n"] == 21
+        assert record["target_phases"][lang]["training"]["max_steps"] == 4
 
 
 def test_langid_probe_reports_language_identification_accuracy(tmp_path, synthetic_data, shared_cache):

@@ -257,3 +257,35 @@ def test_xpe_paper_rows_reproduce_the_papers_table_1(tmp_path):
     assert round(paper.at[("enarzho", "lowperf"), "mean"], 1) == 35.2
     assert round(paper.at[("seen", "lowperf"), "mean"], 1) == 41.9
     assert round(paper.at[("seen", "unseen"), "mean"], 1) == 60.8
+
+
+def test_no_reference_number_fills_a_column_left_blank_on_purpose(tmp_path):
+    """A group the runs withhold (n/r: it holds source languages) gets no paper or SIB-200 reference
+    row either: the Seen source set's all-joshi5 column stays blank, as in the paper."""
+    (tmp_path / "paper.tsv").write_text(FAKE_PAPER)
+    for seed in (0, 1):
+        write_run(tmp_path / "outputs", "xpe", seed, {"lowperf": 0.4}, benchmark="sib200", languages="seen",
+                  group_members={"lowperf": ["yor_Latn"], "all-joshi5": ["yor_Latn", "fra_Latn"]},
+                  groups_not_reported={"all-joshi5": "1 of its 2 languages are source (training) languages"})
+    table = report.group_table(report.collect_runs(tmp_path / "outputs"), paper_results=tmp_path / "paper.tsv")
+    references = table.rows[table.rows["method"] == "reference"]
+    assert set(references["group"]) == {"lowperf"} and len(references) == 2  # SIB-200 full FT and the XPE paper
+    assert "n/r" in report.format_markdown(table)
+
+
+def test_records_from_before_groups_were_withheld_are_read_alike(tmp_path):
+    """A record without ``groups_not_reported`` (written before the runner withheld groups that hold
+    source languages) gets those groups withheld when read, unless its regime is sequential; its
+    old ``langid_probe`` group is lower-is-better."""
+    for regime, name in (("zero_shot", "old"), ("sequential", "seq")):
+        run = {"status": "complete", "run_id": name, "method": "spt", "model": "m", "benchmark": "sib200",
+               "languages": "enarzho", "seed": 0, "regime": regime, "source_languages": ["eng_Latn"],
+               "group_members": {"all": ["eng_Latn", "yor_Latn"], "lowperf": ["yor_Latn"]},
+               "groups": {"all": {"accuracy": 0.8}, "lowperf": {"accuracy": 0.4},
+                          "langid_probe": {"accuracy": 0.9, "macro_f1": 0.9}}}
+        record.write_json_atomic(tmp_path / name / record.RESULTS_FILE, run)
+    runs = report.collect_runs(tmp_path).set_index("run_id")
+    assert set(runs.at["old", "groups"]) == {"lowperf", "langid_probe"}
+    assert runs.at["old", "groups_not_reported"]["all"].startswith("1 of its 2 languages are source")
+    assert runs.at["old", "groups"]["langid_probe"]["higher_is_better"] is False
+    assert set(runs.at["seq", "groups"]) == {"all", "lowperf", "langid_probe"} and runs.at["seq", "groups_not_reported"] == {}

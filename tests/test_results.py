@@ -30,7 +30,7 @@ def make_record(method: str, seed: int, status: str = "complete", accuracy: floa
         "source_languages": ["eng_Latn"], "target_languages": LANGUAGES,
         "per_language": per_language if status == "complete" else {},
         "groups": groups if status == "complete" else {},
-        "group_members": GROUPS, "params": {"trainable": 10, "total": 100}, "best": None,
+        "group_members": GROUPS, "groups_not_reported": {}, "params": {"trainable": 10, "total": 100}, "best": None,
         "timings": {}, "config": config, "overrides": [f"method={method}", f"seed={seed}", "model=tiny"],
         "versions": {}, "git_commit": None, "started_at": "2025-01-01T00:00:00",
         "finished_at": None if status == "running" else f"2025-01-01T00:0{seed}:00",

@@ -5,7 +5,9 @@ representation of each sentence (what the classification head reads) is extracte
 ``regime.probe_train_per_language`` train and ``regime.probe_test_per_language`` test
 sentences of every probe language, and a linear classifier (standardised features,
 full-batch Adam) learns to predict the language; ``regime.probe_seeds`` probes are
-trained on the same features and averaged (the XPE paper: 5 per trained prompt). Lower
+trained on the same features and examples, differing only in their initialisation, and averaged
+(the XPE paper: 5 per trained prompt; what its seeds vary is not stated). On standardised
+features the problem is nearly convex, so the seeds' spread is small. Lower
 test accuracy means the representation carries less language identity, i.e. is more
 language-agnostic. Per-group scores are means of per-language recall (paper, Table 4).
 """
@@ -14,7 +16,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torch import nn
-
 
 
 @torch.no_grad()

@@ -71,18 +71,6 @@ def group_means(per_language: dict[str, dict[str, float]], members: dict[str, li
     return groups
 
 
-def groups_with_source_languages(members: dict[str, list[str]], source: list[str]) -> dict[str, str]:
-    """Report groups that contain source (training) languages -> why they get no zero-shot mean
-    (the XPE paper leaves such cells blank for its Seen source set)."""
-    reasons = {}
-    for group, codes in members.items():
-        trained = [c for c in codes if c in set(source)]
-        if trained:
-            reasons[group] = (f"{len(trained)} of its {len(codes)} languages are source (training) languages "
-                              f"(e.g. {', '.join(trained[:3])}): not a zero-shot result")
-    return reasons
-
-
 #: Report groups of the language-ID probe (``regime=langid_probe``): ``langid`` over every probe
 #: language, ``langid:<group>`` per report group; lower is better.
 PROBE_GROUP = "langid"
@@ -311,7 +299,7 @@ def _execute(cfg: DictConfig, run_dir: Path, record: dict[str, Any], t0: float, 
     per_language = dict(method.test_results)
     if cfg.regime.name == "sequential":
         record["zero_shot_per_language"] = per_language
-        per_language = sequential_targets(cfg, method, datamodule_for, targets, run_dir)
+        per_language, record["target_phases"] = sequential_targets(cfg, method, datamodule_for, targets, run_dir)
     per_language = {lang: per_language[lang] for lang in targets if lang in per_language}
     missing = [lang for lang in targets if lang not in per_language]
     if missing:
@@ -326,6 +314,7 @@ def _execute(cfg: DictConfig, run_dir: Path, record: dict[str, Any], t0: float, 
     record["per_language"] = per_language
     record["groups"] = group_means(per_language, members)
     if cfg.regime.name != "sequential":  # sequential results are supervised in every language
+        from xlt_runner.data.languages import groups_with_source_languages
         record["groups_not_reported"] = groups_with_source_languages(members, source)
         for group in record["groups_not_reported"]:
             record["groups"].pop(group, None)
@@ -337,8 +326,13 @@ def _execute(cfg: DictConfig, run_dir: Path, record: dict[str, Any], t0: float, 
         lower_is_better = {"macro_f1": None, "higher_is_better": False}
         record["groups"][PROBE_GROUP] = {"accuracy": record["probe"]["accuracy"],
                                          "n_languages": len(probe_languages), **lower_is_better}
-        for group, scores in record["probe"]["groups"].items():
-            record["groups"][f"{PROBE_GROUP}:{group}"] = {**scores, **lower_is_better}
+        for group in cfg.languages.groups:
+            scores = record["probe"]["groups"].get(group)
+            if scores is not None:
+                record["groups"][f"{PROBE_GROUP}:{group}"] = {**scores, **lower_is_better}
+            else:
+                record["groups_not_reported"][f"{PROBE_GROUP}:{group}"] = (
+                    "none of its languages is among the probe languages (regime.probe_languages)")
     if trainer.is_global_zero:
         method.save_trainable(run_dir / "method_weights.safetensors")
     if wandb_logger is not None:
@@ -442,14 +436,16 @@ def training_outcome(trainer, callbacks: list, max_steps: int) -> dict[str, Any]
         "Relaunching resumes or restarts the run.")
 
 
-def sequential_targets(cfg: DictConfig, method, datamodule_for, targets: list[str], run_dir: Path) -> dict:
+def sequential_targets(cfg: DictConfig, method, datamodule_for, targets: list[str], run_dir: Path) -> tuple[dict, dict]:
     """Per target language: restart from the source-trained weights, tune on its train split,
-    keep the best on its dev split, test on its test split."""
+    keep the best on its dev split, test on its test split. Returns the per-language test results
+    and, per language, that phase's best checkpoint and training outcome (``best``, ``training``)."""
     from xlt_runner.methods import ClassificationTask
 
     source_state = {k: v.detach().clone() for k, v in method.trainable_state_dict().items()}
     source_task = method.task
     results: dict[str, dict] = {}
+    phases: dict[str, dict] = {}
     r = cfg.regime
     for i, lang in enumerate(targets):
         print(f"[xlt-run] sequential {i + 1}/{len(targets)}: tuning on {lang}")
@@ -460,18 +456,19 @@ def sequential_targets(cfg: DictConfig, method, datamodule_for, targets: list[st
         method.reset_metrics()
         method.enter_target_phase()
         method.warmup_ratio = r.target_warmup_ratio
-        trainer, best_path, _, _ = fit_stage(
+        trainer, best_path, best, training = fit_stage(
             cfg, method, dm, run_dir / "targets" / lang, [], max_steps=r.target_max_steps,
             val_check_interval=r.target_val_check_interval,
             patience=Patience(r.target_early_stopping_patience, r.target_early_stopping_patience_epochs))
         trainer.test(method, datamodule=dm, ckpt_path=best_path, verbose=False, weights_only=True)
         results[lang] = method.test_results[lang]
+        phases[lang] = {"best": best, "training": training}
         shutil.rmtree(run_dir / "targets" / lang / "checkpoints", ignore_errors=True)
     method.load_state_dict(source_state, strict=False)
     method.warmup_ratio = None
     method.task = source_task
     method.reset_metrics()
-    return results
+    return results, phases
 
 
 # ------------------------------------------------------------------- Lightning parts
@@ -508,13 +505,13 @@ def build_callbacks(cfg: DictConfig, method, max_steps: int, val_check_interval:
 
     from xlt_runner.callbacks import DelayedEarlyStopping
     from xlt_runner.config import MONITORS
-    from xlt_runner.methods.base import warmup_steps
+    from xlt_runner.methods.base import resolve_warmup
     callbacks: list = []
     if patience.evaluations or patience.epochs:
         start = 0
         optim = cfg.method.optim
         if cfg.trainer.early_stopping_after_first_cycle and optim.schedule == "cosine_restarts":
-            warmup = warmup_steps(optim, max_steps, method.warmup_ratio)
+            warmup = resolve_warmup(optim, max_steps, method.warmup_ratio)
             start = warmup + (max_steps - warmup) // max(1, optim.num_cycles)
         monitor = cfg.trainer.monitor
         callbacks.append(DelayedEarlyStopping(

@@ -24,7 +24,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from xlt_runner.config import ConfigError, MethodConfig, OptimConfig
+from xlt_runner.config import MODEL_POOLINGS, ConfigError, MethodConfig, OptimConfig
 from xlt_runner.metrics import PerLanguageClassification
 from xlt_runner.models import Backbone, count_parameters
 
@@ -56,9 +56,6 @@ class ClassificationHead(nn.Module):
         return self.out_proj(self.dropout(x))
 
 
-CLASSIFICATION_POOLINGS = ("cls", "mean")  # method.pool besides "model"
-
-
 def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean of ``hidden`` ``(batch, length, d)`` over positions where ``mask`` is 1, summed in
     float32 (a bf16 sum over a long sequence loses digits); returns float32 ``(batch, d)``."""
@@ -77,11 +74,12 @@ def build_optimizer(groups: list[dict], cfg: OptimConfig) -> torch.optim.Optimiz
     raise ConfigError(f"method.optim.name={cfg.name!r} is not supported; choose adamw or adafactor")
 
 
-def warmup_steps(cfg: OptimConfig, total_steps: int, ratio: float | None = None) -> int:
+def resolve_warmup(cfg: OptimConfig, total_steps: int, ratio: float | None = None) -> int:
     """Warmup length in optimiser steps: ``ratio`` (else ``cfg.warmup_ratio``) of ``total_steps``,
-    rounded down, or else ``cfg.warmup_steps``."""
+    rounded down (0.29 of 100 is 29, not the 28 a float product would floor to), or else
+    ``cfg.warmup_steps``."""
     ratio = cfg.warmup_ratio if ratio is None else ratio
-    return int(ratio * total_steps) if ratio is not None else cfg.warmup_steps
+    return math.floor(ratio * total_steps + 1e-9) if ratio is not None else cfg.warmup_steps
 
 
 def lr_lambda(cfg: OptimConfig, total_steps: int, warmup: int):
@@ -149,9 +147,9 @@ class ClassificationMethod(pl.LightningModule):
 
     def check_pooling(self) -> None:
         """Fail fast on a ``method.pool`` this method cannot read."""
-        if self.pooling not in CLASSIFICATION_POOLINGS:
+        if self.pooling not in MODEL_POOLINGS:
             raise ConfigError(f"method.pool={self.cfg.pool!r} is not valid for method={self.name}; choose model "
-                              f"(the backbone's model.pooling) or one of: {', '.join(CLASSIFICATION_POOLINGS)}")
+                              f"(the backbone's model.pooling) or one of: {', '.join(MODEL_POOLINGS)}")
 
     def configure_trainable(self) -> None:
         """Set ``requires_grad``; the default trains backbone and head."""
@@ -197,7 +195,8 @@ class ClassificationMethod(pl.LightningModule):
         return out.last_hidden_state[:, 0]
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.head(self.encode(batch))
+        # the float32 mean pooling meets a head held in bf16/fp16/fp64 under trainer.precision=*-true
+        return self.head(self.encode(batch).to(self.head.dense.weight.dtype))
 
     # ----------------------------------------------------------------- training
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -212,7 +211,7 @@ class ClassificationMethod(pl.LightningModule):
 
     def configure_optimizers(self):
         optimizer = build_optimizer(self.parameter_groups(), self.cfg.optim)
-        warmup = warmup_steps(self.cfg.optim, self.total_steps, self.warmup_ratio)
+        warmup = resolve_warmup(self.cfg.optim, self.total_steps, self.warmup_ratio)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(self.cfg.optim, self.total_steps, warmup))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
@@ -289,7 +288,11 @@ class ClassificationMethod(pl.LightningModule):
         from xlt_runner.results.record import atomic_path
         with atomic_path(path) as tmp:
             save_file({k: v.detach().cpu().contiguous() for k, v in self.trainable_state_dict().items()}, str(tmp),
-                      metadata={"method": self.name, "backbone": self.backbone_name})
+                      metadata={"method": self.name, "backbone": self.backbone_name, **self.representation()})
+
+    def representation(self) -> dict[str, str]:
+        """How the head's input is read (saved with the weights; loading checks it): the pooling."""
+        return {"pool": self.pooling}
 
     def load_trainable(self, path: str) -> None:
         """Load weights written by :meth:`save_trainable`; every trainable tensor must be present."""
@@ -300,6 +303,11 @@ class ClassificationMethod(pl.LightningModule):
         if meta.get("method") not in (None, self.name):
             raise ConfigError(f"method.init_from={path} holds weights of method {meta.get('method')!r}, "
                               f"not {self.name!r}")
+        for key, current in self.representation().items():
+            if meta.get(key) not in (None, current):
+                raise ConfigError(f"method.init_from={path} was trained with {key}={meta[key]!r}, but this run has "
+                                  f"{key}={current!r}: its head would read another representation. Set "
+                                  f"method.{key}={meta[key]} (see model.pooling for pool=model)")
         state = load_file(path)
         expected = self.trainable_state_dict()
         missing = sorted(set(expected) - set(state))

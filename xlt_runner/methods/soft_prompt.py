@@ -55,7 +55,7 @@ from xlt_runner.methods.base import ClassificationMethod, ClassificationTask, ma
 from xlt_runner.models import Backbone
 
 PROMPT_POSITIONS = ("after_cls", "before_cls")
-POOLINGS = ("cls", "first_virtual", "mean")  # method.pool besides "model"
+SOFT_PROMPT_POOLINGS = ("cls", "first_virtual", "mean")  # method.pool besides "model"
 SPT_INITS = ("random", "vocab", "text")
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU}
 FINAL_PROMPT_KEY = "prompt.final"
@@ -65,7 +65,8 @@ FINAL_PROMPT_KEY = "prompt.final"
 @dataclass
 class SoftPromptConfig(MethodConfig):
     """Fields shared by every soft-prompt method. ``optim.lr`` / ``optim.weight_decay``
-    apply to the head and (XPE) the prompt encoder with its pseudo prompt."""
+    apply to the head and (XPE) the prompt encoder; the pseudo prompt has its own rate
+    (``pseudo_prompt_lr``) unless that is null."""
     prompt_length: int = 20  # T, virtual tokens in total
     prompt_position: str = "after_cls"  # after_cls | before_cls
 
@@ -217,9 +218,9 @@ class SoftPromptMethod(ClassificationMethod):
         self.backbone.requires_grad_(False)
 
     def check_pooling(self) -> None:
-        if self.pooling not in POOLINGS:
+        if self.pooling not in SOFT_PROMPT_POOLINGS:
             raise ConfigError(f"method.pool={self.cfg.pool!r} is not valid for method={self.name}; choose model "
-                              f"(the backbone's model.pooling) or one of: {', '.join(POOLINGS)}")
+                              f"(the backbone's model.pooling) or one of: {', '.join(SOFT_PROMPT_POOLINGS)}")
 
     def build_prompt(self, backbone: Backbone) -> SoftPrompt:
         raise NotImplementedError
@@ -318,11 +319,16 @@ class SoftPromptMethod(ClassificationMethod):
     def save_trainable(self, path: str) -> None:
         """Trainable tensors plus ``prompt.final``, the prompt matrix, as safetensors."""
         from safetensors.torch import save_file
+
+        from xlt_runner.results.record import atomic_path
         state = {k: v.detach().cpu().contiguous() for k, v in self.trainable_state_dict().items()}
         state[FINAL_PROMPT_KEY] = self.final_prompt().float().cpu().contiguous()
-        save_file(state, path, metadata={"method": self.name, "backbone": self.backbone_name,
-                                         "prompt_length": str(self.cfg.prompt_length),
-                                         "prompt_position": self.cfg.prompt_position, "pool": self.pooling})
+        with atomic_path(path) as tmp:
+            save_file(state, str(tmp), metadata={"method": self.name, "backbone": self.backbone_name,
+                                                 "prompt_length": str(self.cfg.prompt_length), **self.representation()})
+
+    def representation(self) -> dict[str, str]:
+        return {**super().representation(), "prompt_position": self.cfg.prompt_position}
 
     def load_trainable(self, path: str) -> None:
         """Load :meth:`save_trainable` output and check the rebuilt prompt equals ``prompt.final``."""

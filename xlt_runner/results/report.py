@@ -120,6 +120,29 @@ def _cell_labels(rows: list[dict], identities: dict[str, dict]) -> None:
         row["cell_name"] = " / ".join([row["cell_label"], *(str(row[c]) for c in varying)])
 
 
+#: The language-ID probe's group in records written before groups carried their direction.
+LEGACY_PROBE_GROUP = "langid_probe"
+
+
+def _reported_groups(record: dict) -> dict[str, dict]:
+    """``groups`` and ``groups_not_reported`` of a record. A record written before the runner
+    withheld groups holding source languages gets them withheld here too (not for the
+    sequential regime, whose results are supervised), and its probe group lower-is-better."""
+    groups = dict(record.get("groups") or {})
+    not_reported = record.get("groups_not_reported")
+    if not_reported is None:
+        not_reported = {}
+        if record.get("regime") != "sequential":
+            from xlt_runner.data.languages import groups_with_source_languages
+            not_reported = groups_with_source_languages(record.get("group_members") or {},
+                                                        record.get("source_languages") or [])
+            for group in not_reported:
+                groups.pop(group, None)
+        if isinstance(groups.get(LEGACY_PROBE_GROUP), dict):
+            groups[LEGACY_PROBE_GROUP] = {**groups[LEGACY_PROBE_GROUP], "higher_is_better": False}
+    return {"groups": groups, "groups_not_reported": not_reported}
+
+
 def collect_runs(root: str | os.PathLike) -> pd.DataFrame:
     """One row per ``results.json`` under ``root`` (any depth; dot-dirs skipped).
 
@@ -173,8 +196,7 @@ def collect_runs(root: str | os.PathLike) -> pd.DataFrame:
             "finished_at": record.get("finished_at"),
             "error": error,
             "overrides": list(record.get("overrides") or []),
-            "groups": record.get("groups") or {},
-            "groups_not_reported": record.get("groups_not_reported") or {},
+            **_reported_groups(record),
             "group_members": record.get("group_members") or {},
             "per_language": record.get("per_language") or {},
             "benchmark_data_dir": benchmark_config.get("data_dir") if isinstance(benchmark_config, dict) else None,
@@ -452,6 +474,13 @@ def _tests_against_reference_method(table: pd.DataFrame, scored: pd.DataFrame, m
 SIB200_REFERENCE_LABEL = "SIB-200 paper: XLM-R large, full FT (reference)"
 
 
+def _reference_groups(block: pd.DataFrame, groups: list[str]) -> list[str]:
+    """``groups`` less those the block's runs do not report (n/r): a reference number there would
+    fill a column the comparison leaves blank on purpose."""
+    withheld = set().union(*(set(g) for g in block["groups_not_reported"]))
+    return [group for group in groups if group not in withheld]
+
+
 def sib200_reference_rows(runs: pd.DataFrame, groups: list[str]) -> pd.DataFrame:
     """For SIB-200 blocks, the SIB-200 paper's fully supervised XLM-R-large accuracy
     (Table 7) averaged over each report group's languages, as a reference row that is
@@ -463,7 +492,7 @@ def sib200_reference_rows(runs: pd.DataFrame, groups: list[str]) -> pd.DataFrame
     sib = runs[runs["benchmark"] == "sib200"] if len(runs) else runs
     for key, block in sib.groupby(list(BLOCK_COLUMNS), sort=False) if len(sib) else []:
         members = block.iloc[0]["group_members"] or {}
-        for group in groups:
+        for group in _reference_groups(block, groups):
             scores = [table[c].sib200_xlmr_large_acc for c in members.get(group, [])
                       if c in table and table[c].sib200_xlmr_large_acc is not None]
             if scores:
@@ -524,7 +553,7 @@ def xpe_paper_rows(runs: pd.DataFrame, groups: list[str],
         members = block.iloc[0]["group_members"]
         for method in (m for m in XPE_PAPER_METHODS if m in set(block["method"])):
             column = paper[f"{key[2]}_{method}"].dropna()
-            for group in groups:
+            for group in _reference_groups(block, groups):
                 codes = members.get(group) or []
                 values = [column[code] for code in codes if code in column.index]
                 if not values:
