@@ -238,3 +238,19 @@ def test_sib200_report_adds_the_papers_full_fine_tuning_reference(tmp_path):
     assert not reference["best"].iloc[0]
     assert bool(table.rows[table.rows["method"] == "dual"]["best"].iloc[0])
     assert "90.0 (paper)" in format_markdown(table)
+
+
+def test_scores_equal_up_to_summation_order_are_one_value():
+    """Two seeds with the same score reached by different float sums have zero variance: no
+    scipy precision warning, and the p-value equals the one for exactly equal values."""
+    import warnings
+
+    from xlt_runner.results.stats import welch_p
+    nearly = [35.55555555555556, 35.555555555555564]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert welch_p([40.0, 35.55555555555556], nearly) == welch_p([40.0, 35.55555555555556], [35.55555555555556] * 2)
+    # elsewhere it is scipy's Welch test
+    from scipy import stats
+    for a, b in (([1.0, 2.0, 4.0], [2.0, 3.5, 5.0, 6.0]), ([70.0, 72.0, 74.0], [80.0, 83.0])):
+        assert welch_p(a, b) == pytest.approx(stats.ttest_ind(a, b, equal_var=False).pvalue, rel=1e-12)

@@ -13,8 +13,14 @@ import numpy as np
 from scipy import stats
 
 
+#: Decimal places scores are rounded to before any statistic: the same score reached by another
+#: summation order (35.55555555555556 and 35.555555555555564) is one value, not a variance of 1e-29
+#: that scipy would warn about ("catastrophic cancellation") and turn into a meaningless t.
+SCORE_DECIMALS = 9
+
+
 def _finite(values: Iterable[float]) -> np.ndarray:
-    array = np.asarray(list(values), dtype=float)
+    array = np.round(np.asarray(list(values), dtype=float), SCORE_DECIMALS)
     return array[np.isfinite(array)]
 
 
@@ -58,4 +64,9 @@ def welch_p(a: Iterable[float], b: Iterable[float]) -> float:
     first, second = _finite(a), _finite(b)
     if welch_undefined_reason(first, second):
         return math.nan
-    return float(stats.ttest_ind(first, second, equal_var=False).pvalue)
+    # Welch's t and Welch-Satterthwaite degrees of freedom, as scipy.stats.ttest_ind(equal_var=False)
+    # computes them, but without its warning for a sample with zero variance (a defined case here).
+    var_1, var_2 = first.var(ddof=1) / first.size, second.var(ddof=1) / second.size
+    t = (first.mean() - second.mean()) / math.sqrt(var_1 + var_2)
+    dof = (var_1 + var_2) ** 2 / (var_1 ** 2 / (first.size - 1) + var_2 ** 2 / (second.size - 1))
+    return float(2 * stats.t.sf(abs(t), dof))
