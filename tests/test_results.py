@@ -250,6 +250,8 @@ def test_scores_equal_up_to_summation_order_are_one_value():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert welch_p([40.0, 35.55555555555556], nearly) == welch_p([40.0, 35.55555555555556], [35.55555555555556] * 2)
+    from xlt_runner.results.stats import ZERO_VARIANCE, welch_undefined_reason
+    assert welch_undefined_reason(nearly, [50.0, 50.0]) == ZERO_VARIANCE
     # elsewhere it is scipy's Welch test
     from scipy import stats
     for a, b in (([1.0, 2.0, 4.0], [2.0, 3.5, 5.0, 6.0]), ([70.0, 72.0, 74.0], [80.0, 83.0])):
