@@ -89,7 +89,8 @@ def main() -> None:
     warnings.filterwarnings("ignore", ".*pin_memory.*")
     cache_dir = str(REPO_ROOT / DEFAULT_CACHE_DIR)
     cfg = compose_config([
-        "model=me5_small", "method=head_only", "benchmark=sib200", "logger=none",
+        # method.pool=cls: the Trainer's BertForSequenceClassification reads [CLS] (through its pooler)
+        "model=me5_small", "method=head_only", "method.pool=cls", "benchmark=sib200", "logger=none",
         f"benchmark.data_dir={data_dir}", f"benchmark.eval_batch_size={args.batch_size}",
         f"model.max_length={args.max_length}", f"trainer.enable_progress_bar={str(args.progress_bars).lower()}",
         f"paths.cache_dir={cache_dir}",

@@ -70,7 +70,7 @@ def main() -> None:
     from xlt_runner.data.classification import ClassificationDataModule
     from xlt_runner.methods import ClassificationTask, method_class
     from xlt_runner.models import load_backbone
-    from xlt_runner.runner import build_callbacks, build_checkpoint_callback, build_loggers, build_trainer
+    from xlt_runner.runner import Patience, build_callbacks, build_checkpoint_callback, build_loggers, build_trainer
 
     import transformers
     transformers.logging.set_verbosity_error()
@@ -175,8 +175,9 @@ def main() -> None:
             if runner_style:
                 root = out_dir / method_name / "runner"
                 loggers, _ = build_loggers(cfg, root, {})
-                callbacks = [build_checkpoint_callback(root / "checkpoints"),
-                             *build_callbacks(cfg, method, total_batches, None), clock]
+                callbacks = [build_checkpoint_callback(root / "checkpoints", cfg.trainer.monitor),
+                             *build_callbacks(cfg, method, total_batches, cfg.trainer.val_check_interval, Patience()),
+                             clock]
                 trainer = build_trainer(cfg, root, loggers, callbacks, total_batches, cfg.trainer.val_check_interval)
             else:
                 trainer = pl.Trainer(

@@ -124,8 +124,8 @@ def install() -> None:
 
     original = runner.build_callbacks
 
-    def build_callbacks(cfg, method, max_steps, patience):
-        callbacks = original(cfg, method, max_steps, patience)
+    def build_callbacks(cfg, method, max_steps, val_check_interval, patience):
+        callbacks = original(cfg, method, max_steps, val_check_interval, patience)
         if max_steps == cfg.trainer.max_steps:  # the source training, not a per-target phase
             callbacks.append(fault_callback(run_id(cfg), max_steps, cfg.trainer.val_check_interval))
         return callbacks
