@@ -90,8 +90,8 @@ def test_cls_backbone_pools_position_zero_and_method_pool_overrides(method_cls, 
 
 
 def test_invalid_pool_is_a_config_error():
-    """A pool the method cannot read fails at construction: ``first_virtual`` exists only for soft
-    prompts; soft prompts resolve ``model`` to the backbone's pooling too."""
+    """A pool the method cannot read fails at validation and at construction: ``first_virtual``
+    exists only for soft prompts; soft prompts resolve ``model`` to the backbone's pooling too."""
     for method_cls, cfg_cls in FINETUNE:
         with pytest.raises(ConfigError, match="method.pool='first_virtual'"):
             build(method_cls, cfg_cls(pool="first_virtual"), "cls")
@@ -99,6 +99,10 @@ def test_invalid_pool_is_a_config_error():
         build(SoftPromptTuning, SptConfig(prompt_length=2, pool="max"), "cls")
     assert build(SoftPromptTuning, SptConfig(prompt_length=2), "mean").pooling == "mean"
     assert build(SoftPromptTuning, SptConfig(prompt_length=2, pool="first_virtual"), "mean").pooling == "first_virtual"
+    # and before any model is loaded: config.validate, which the CLI's preflight runs on every sweep point
+    with pytest.raises(ConfigError, match="method.pool='first_virtual' is not valid for method=head_only"):
+        config.validate(compose(["method=head_only", "method.pool=first_virtual"]))
+    config.validate(compose(["method=spt", "method.pool=first_virtual"]))
 
 
 def test_every_encoder_config_states_its_pooling():

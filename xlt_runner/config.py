@@ -356,6 +356,7 @@ def validate(cfg: Any) -> None:
 
     _choice("benchmark.name", cfg.benchmark.name, BENCHMARK_NAMES)
     method_class(cfg.method.name).check_supported(cfg.benchmark.task, m.kind)
+    method_class(cfg.method.name).check_pool(cfg.method.pool)
     _choice("method.optim.name", cfg.method.optim.name, OPTIMIZERS)
     _choice("method.optim.schedule", cfg.method.optim.schedule, SCHEDULES)
     for key, lr in _learning_rates(cfg.method, "method.") + _learning_rates(cfg.regime, "regime."):

@@ -116,6 +116,7 @@ class ClassificationMethod(pl.LightningModule):
     supported_tasks: ClassVar[tuple[str, ...]] = ("classification",)
     supported_model_kinds: ClassVar[tuple[str, ...]] = ("encoder",)
     config_class: ClassVar[type[MethodConfig]] = MethodConfig
+    poolings: ClassVar[tuple[str, ...]] = MODEL_POOLINGS  # what method.pool may name besides "model"
 
     def __init__(self, cfg: MethodConfig, backbone: Backbone, task: ClassificationTask, total_steps: int) -> None:
         super().__init__()
@@ -124,8 +125,8 @@ class ClassificationMethod(pl.LightningModule):
         self.total_steps = total_steps
         self.backbone_name = backbone.name
         self.backbone = backbone.model
+        self.check_pool(cfg.pool)
         self.pooling = backbone.pooling if cfg.pool == "model" else cfg.pool
-        self.check_pooling()
         self.warmup_ratio: float | None = None  # set for a phase (regime.target_warmup_ratio); else method.optim's
         self.head = ClassificationHead(backbone.hidden_size, len(task.labels), cfg.classifier_dropout)
         self.configure_trainable()
@@ -145,11 +146,13 @@ class ClassificationMethod(pl.LightningModule):
             raise ConfigError(f"method={cls.name} supports model kinds {list(cls.supported_model_kinds)}, "
                               f"not {model_kind!r}; choose another model=")
 
-    def check_pooling(self) -> None:
-        """Fail fast on a ``method.pool`` this method cannot read."""
-        if self.pooling not in MODEL_POOLINGS:
-            raise ConfigError(f"method.pool={self.cfg.pool!r} is not valid for method={self.name}; choose model "
-                              f"(the backbone's model.pooling) or one of: {', '.join(MODEL_POOLINGS)}")
+    @classmethod
+    def check_pool(cls, pool: str) -> None:
+        """Fail fast (``config.validate``, and again at construction) on a ``method.pool`` this
+        method cannot read; ``pool`` is ``model`` or one of :attr:`poolings`."""
+        if pool != "model" and pool not in cls.poolings:
+            raise ConfigError(f"method.pool={pool!r} is not valid for method={cls.name}; choose model "
+                              f"(the backbone's model.pooling) or one of: {', '.join(cls.poolings)}")
 
     def configure_trainable(self) -> None:
         """Set ``requires_grad``; the default trains backbone and head."""

@@ -198,6 +198,7 @@ class SoftPromptMethod(ClassificationMethod):
     """
 
     config_class: ClassVar[type[MethodConfig]] = SoftPromptConfig
+    poolings: ClassVar[tuple[str, ...]] = SOFT_PROMPT_POOLINGS
 
     def __init__(self, cfg: SoftPromptConfig, backbone: Backbone, task: ClassificationTask, total_steps: int) -> None:
         super().__init__(cfg, backbone, task, total_steps)
@@ -216,11 +217,6 @@ class SoftPromptMethod(ClassificationMethod):
 
     def configure_trainable(self) -> None:
         self.backbone.requires_grad_(False)
-
-    def check_pooling(self) -> None:
-        if self.pooling not in SOFT_PROMPT_POOLINGS:
-            raise ConfigError(f"method.pool={self.cfg.pool!r} is not valid for method={self.name}; choose model "
-                              f"(the backbone's model.pooling) or one of: {', '.join(SOFT_PROMPT_POOLINGS)}")
 
     def build_prompt(self, backbone: Backbone) -> SoftPrompt:
         raise NotImplementedError
