@@ -80,7 +80,8 @@ def main() -> None:
     from xlt_runner.data.classification import ClassificationDataModule
     from xlt_runner.methods import ClassificationTask, method_class
     from xlt_runner.models import ensure_packaged_model, load_backbone
-    from xlt_runner.runner import build_callbacks, build_checkpoint_callback, build_loggers, build_trainer
+    from xlt_runner.data.classification import stratified_subsample
+    from xlt_runner.runner import Patience, build_callbacks, build_checkpoint_callback, build_loggers, build_trainer
 
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()  # weight-loading bar (set-up, not timed)
@@ -129,7 +130,8 @@ def main() -> None:
 
     hf_datasets = {}
     for lang in languages:
-        examples = benchmark.load(lang, cfg.benchmark.test_split)[:args.max_examples]
+        # the sentences the data module evaluates: a label-stratified cap, not the first N
+        examples = stratified_subsample(benchmark.load(lang, cfg.benchmark.test_split), args.max_examples)
         ds = Dataset.from_dict({"text": [cfg.model.text_prefix + ex.text for ex in examples],
                                 "label": [ex.label for ex in examples]})
         hf_datasets[lang] = ds.map(lambda b: tokenizer(b["text"], truncation=True, max_length=args.max_length),
@@ -156,8 +158,8 @@ def main() -> None:
     def run_xlt_runner() -> tuple[float, dict[str, float]]:
         loggers, _ = build_loggers(cfg, out_dir / "xlt", {})
         t = cfg.trainer
-        callbacks = [build_checkpoint_callback(out_dir / "xlt" / "checkpoints"),
-                     *build_callbacks(cfg, method, t.max_steps, None)]
+        callbacks = [build_checkpoint_callback(out_dir / "xlt" / "checkpoints", t.monitor),
+                     *build_callbacks(cfg, method, t.max_steps, t.val_check_interval, Patience())]
         trainer = build_trainer(cfg, out_dir / "xlt", loggers, callbacks, t.max_steps, t.val_check_interval)
         start = time.perf_counter()
         trainer.test(method, datamodule=datamodule, verbose=False)

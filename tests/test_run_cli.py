@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import SIB_LABELS, find_records, make_synthetic_benchmark, run_cli, tiny_run_args, write_split
+from conftest import REPO, SIB_LABELS, find_records, make_synthetic_benchmark, run_cli, tiny_run_args, write_split
 
 
 @pytest.fixture(scope="module")
@@ -141,3 +143,14 @@ def test_smoke_run_on_packaged_multilingual_e5_small(tmp_path, shared_cache):
     (record,) = find_records(tmp_path)
     assert record["status"] == "complete" and record["params"]["total"] > 100_000_000
     assert record["groups"]["all-enarzho"]["accuracy"] > 1 / 7 + 0.1, "the real encoder must beat 7-class chance clearly"
+
+
+def test_train_overhead_bench_runs_on_the_tiny_model(synthetic_data, tmp_path):
+    """``bench/train_overhead.py`` drives the runner's own trainer parts (build_callbacks, the checkpoint
+    callback): a smoke run keeps it in step with their signatures."""
+    result = subprocess.run([sys.executable, "bench/train_overhead.py", "--model", "tiny_xlmr", "--methods", "head_only",
+                             "--steps", "2", "--warmup", "1", "--repeats", "1", "--data-dir", str(synthetic_data)],
+                            cwd=REPO, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "max |loss - plain loss| over all steps and runs = 0.00e+00" in result.stdout
