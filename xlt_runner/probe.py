@@ -40,13 +40,12 @@ def extract_features(method, tokenizer, texts: list[str], *, max_length: int, pr
     return torch.stack(out)
 
 
-def language_id_probe(method, benchmark, tokenizer, languages: list[str], cfg,
-                      groups: dict[str, list[str]] | None = None) -> dict:
+def language_id_probe(method, benchmark, tokenizer, languages: list[str], cfg) -> dict:
     """Train ``regime.probe_seeds`` linear language-ID probes (initialisation seeds 0..n-1) on
     the same features and average them. Returns ``accuracy`` (all test examples),
-    ``per_language_recall`` (share of a language's test sentences identified as it),
-    ``groups`` (for each ``groups`` entry, the mean recall over its languages among the probe
-    languages: the XPE paper's Table 4 cells), ``per_seed`` and sizes; fractions in [0, 1]."""
+    ``per_language_recall`` (share of a language's test sentences identified as it; the runner
+    averages it per report group, the XPE paper's Table 4 cells), ``per_seed`` and sizes;
+    fractions in [0, 1]."""
     r = cfg.regime
     if len(languages) < 2:
         raise ValueError(f"regime.probe_languages selects {len(languages)} language(s); the probe needs at least 2")
@@ -77,14 +76,8 @@ def language_id_probe(method, benchmark, tokenizer, languages: list[str], cfg,
         recalls.append(recall)
         per_seed.append({"probe_seed": probe_seed, "accuracy": float(correct.mean()), "train_loss": train_loss})
     recall = torch.stack(recalls).mean(0)
-    per_language_recall = {lang: float(recall[i]) for i, lang in enumerate(languages)}
-    group_scores = {}
-    for group, members in (groups or {}).items():
-        present = [per_language_recall[c] for c in members if c in per_language_recall]
-        if present:
-            group_scores[group] = {"accuracy": float(np.mean(present)), "n_languages": len(present)}
     return {"accuracy": float(np.mean([s["accuracy"] for s in per_seed])), "probe_seeds": r.probe_seeds,
-            "per_language_recall": per_language_recall, "groups": group_scores, "per_seed": per_seed,
+            "per_language_recall": {lang: float(recall[i]) for i, lang in enumerate(languages)}, "per_seed": per_seed,
             "n_languages": len(languages), "chance": 1.0 / len(languages),
             "train_examples": len(labels["train"]), "test_examples": len(labels["test"])}
 

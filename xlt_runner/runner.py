@@ -59,14 +59,14 @@ def new_record(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
     }
 
 
-def group_means(per_language: dict[str, dict[str, float]], members: dict[str, list[str]]) -> dict[str, dict]:
-    """Unweighted means over each group's languages that were evaluated."""
+def group_means(per_language: dict[str, dict[str, float]], members: dict[str, list[str]],
+                metrics: tuple[str, ...] = ("accuracy", "macro_f1")) -> dict[str, dict]:
+    """Unweighted means of ``metrics`` over each group's languages that were evaluated."""
     groups = {}
     for group, codes in members.items():
         present = [per_language[c] for c in codes if c in per_language]
         if present:
-            groups[group] = {"accuracy": float(np.mean([r["accuracy"] for r in present])),
-                             "macro_f1": float(np.mean([r["macro_f1"] for r in present])),
+            groups[group] = {**{m: float(np.mean([r[m] for r in present])) for m in metrics},
                              "n_languages": len(present)}
     return groups
 
@@ -320,14 +320,16 @@ def _execute(cfg: DictConfig, run_dir: Path, record: dict[str, Any], t0: float, 
             record["groups"].pop(group, None)
     if cfg.regime.name == "langid_probe":
         from xlt_runner.probe import language_id_probe
-        probe_groups = {group: table.resolve([group], probe_languages) for group in cfg.languages.groups}
-        record["probe"] = language_id_probe(method, benchmark, backbone.tokenizer, probe_languages, cfg,
-                                            groups=probe_groups)
+        record["probe"] = language_id_probe(method, benchmark, backbone.tokenizer, probe_languages, cfg)
+        # Table 4's cells: the mean per-language recall over each report group's probe languages
+        recall = {lang: {"accuracy": value} for lang, value in record["probe"]["per_language_recall"].items()}
+        probe_groups = group_means(recall, {group: table.resolve([group], probe_languages)
+                                            for group in cfg.languages.groups}, metrics=("accuracy",))
         lower_is_better = {"macro_f1": None, "higher_is_better": False}
         record["groups"][PROBE_GROUP] = {"accuracy": record["probe"]["accuracy"],
                                          "n_languages": len(probe_languages), **lower_is_better}
         for group in cfg.languages.groups:
-            scores = record["probe"]["groups"].get(group)
+            scores = probe_groups.get(group)
             if scores is not None:
                 record["groups"][f"{PROBE_GROUP}:{group}"] = {**scores, **lower_is_better}
             else:
