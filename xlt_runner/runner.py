@@ -314,10 +314,9 @@ def _execute(cfg: DictConfig, run_dir: Path, record: dict[str, Any], t0: float, 
     record["per_language"] = per_language
     record["groups"] = group_means(per_language, members)
     if cfg.regime.name != "sequential":  # sequential results are supervised in every language
-        from xlt_runner.data.languages import groups_with_source_languages
-        record["groups_not_reported"] = groups_with_source_languages(members, source)
-        for group in record["groups_not_reported"]:
-            record["groups"].pop(group, None)
+        from xlt_runner.data.languages import withhold_groups_with_source_languages
+        record["groups"], record["groups_not_reported"] = withhold_groups_with_source_languages(
+            record["groups"], members, source)
     if cfg.regime.name == "langid_probe":
         from xlt_runner.probe import language_id_probe
         record["probe"] = language_id_probe(method, benchmark, backbone.tokenizer, probe_languages, cfg)

@@ -216,16 +216,18 @@ class LanguageTable:
         return [(name, members) for name, members in groups if members]
 
 
-def groups_with_source_languages(members: dict[str, list[str]], source: list[str]) -> dict[str, str]:
-    """Report groups that contain source (training) languages -> why they get no zero-shot mean
-    (the XPE paper leaves such cells blank for its Seen source set)."""
+def withhold_groups_with_source_languages(groups: dict[str, dict], members: dict[str, list[str]],
+                                         source: list[str]) -> tuple[dict[str, dict], dict[str, str]]:
+    """Split zero-shot group means into those reported and, for groups that contain source
+    (training) languages, the reason they are not (the XPE paper leaves such cells blank for
+    its Seen source set). Returns ``(reported groups, {group: reason})``."""
     reasons = {}
     for group, codes in members.items():
         trained = [c for c in codes if c in set(source)]
         if trained:
             reasons[group] = (f"{len(trained)} of its {len(codes)} languages are source (training) languages "
                               f"(e.g. {', '.join(trained[:3])}): not a zero-shot result")
-    return reasons
+    return {group: scores for group, scores in groups.items() if group not in reasons}, reasons
 
 
 @lru_cache(maxsize=1)

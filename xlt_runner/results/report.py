@@ -133,11 +133,9 @@ def _reported_groups(record: dict) -> dict[str, dict]:
     if not_reported is None:
         not_reported = {}
         if record.get("regime") != "sequential":
-            from xlt_runner.data.languages import groups_with_source_languages
-            not_reported = groups_with_source_languages(record.get("group_members") or {},
-                                                        record.get("source_languages") or [])
-            for group in not_reported:
-                groups.pop(group, None)
+            from xlt_runner.data.languages import withhold_groups_with_source_languages
+            groups, not_reported = withhold_groups_with_source_languages(
+                groups, record.get("group_members") or {}, record.get("source_languages") or [])
         if isinstance(groups.get(LEGACY_PROBE_GROUP), dict):
             groups[LEGACY_PROBE_GROUP] = {**groups[LEGACY_PROBE_GROUP], "higher_is_better": False}
     return {"groups": groups, "groups_not_reported": not_reported}
