@@ -367,15 +367,14 @@ def validate(cfg: Any) -> None:
                           + ("; 0 is accepted only with method.init_from, to evaluate saved weights unchanged"
                              if of_method else ""))
 
+    for key, ratio in (("method.optim.warmup_ratio", cfg.method.optim.warmup_ratio),
+                       ("regime.target_warmup_ratio", cfg.regime.target_warmup_ratio)):
+        if ratio is not None and not 0.0 <= ratio < 1.0:
+            raise ConfigError(f"{key}={ratio} must be a fraction of the step budget in [0, 1)")
     ratio = cfg.method.optim.warmup_ratio
-    if ratio is not None and not 0.0 <= ratio < 1.0:
-        raise ConfigError(f"method.optim.warmup_ratio={ratio} must be a fraction of the step budget in [0, 1)")
     if ratio is not None and cfg.method.optim.warmup_steps:
         raise ConfigError(f"method.optim.warmup_ratio={ratio} and method.optim.warmup_steps="
                           f"{cfg.method.optim.warmup_steps} both set the warmup; set warmup_steps=0 or warmup_ratio=null")
-    target_ratio = cfg.regime.target_warmup_ratio
-    if target_ratio is not None and not 0.0 <= target_ratio < 1.0:
-        raise ConfigError(f"regime.target_warmup_ratio={target_ratio} must be a fraction in [0, 1)")
 
     t = cfg.trainer
     _choice("trainer.precision", str(t.precision), PRECISIONS)
