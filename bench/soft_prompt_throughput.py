@@ -145,7 +145,7 @@ def compose_run_config(method: str, args: argparse.Namespace):
         overrides.append("method.xpe_ratio=0.7")
     cfg = compose(overrides)
     if cfg.model.text_prefix != TEXT_PREFIX:
-        raise RuntimeError(f"conf/model/me5_small.yaml has text_prefix {cfg.model.text_prefix!r}, the bench uses {TEXT_PREFIX!r}")
+        raise RuntimeError(f"xlt_runner/conf/model/me5_small.yaml has text_prefix {cfg.model.text_prefix!r}, the bench uses {TEXT_PREFIX!r}")
     return cfg
 
 
