@@ -82,6 +82,7 @@ def main() -> None:
     from xlt_runner.models import ensure_packaged_model, load_backbone
     from xlt_runner.data.classification import stratified_subsample
     from xlt_runner.runner import Patience, build_callbacks, build_checkpoint_callback, build_loggers, build_trainer
+    from xlt_runner.tasks.classification import Classification
 
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()  # weight-loading bar (set-up, not timed)
@@ -113,7 +114,7 @@ def main() -> None:
     task = ClassificationTask(labels=list(benchmark.labels), eval_languages=datamodule.eval_languages,
                               source_languages=[languages[0]])
     torch.manual_seed(args.seed)
-    method = method_class("head_only")(cfg.method, backbone, task, total_steps=1)
+    method = method_class("head_only", "classification")(cfg.method, backbone, task, total_steps=1)
 
     # ---- transformers side: the same checkpoint as AutoModelForSequenceClassification, same head weights
     hf_model = AutoModelForSequenceClassification.from_pretrained(
@@ -158,9 +159,11 @@ def main() -> None:
     def run_xlt_runner() -> tuple[float, dict[str, float]]:
         loggers, _ = build_loggers(cfg, out_dir / "xlt", {})
         t = cfg.trainer
-        callbacks = [build_checkpoint_callback(out_dir / "xlt" / "checkpoints", t.monitor),
-                     *build_callbacks(cfg, method, t.max_steps, t.val_check_interval, Patience())]
-        trainer = build_trainer(cfg, out_dir / "xlt", loggers, callbacks, t.max_steps, t.val_check_interval)
+        monitor = Classification.monitor(cfg)
+        callbacks = [build_checkpoint_callback(out_dir / "xlt" / "checkpoints", *monitor),
+                     *build_callbacks(cfg, method, *monitor, t.max_steps, t.val_check_interval, Patience())]
+        trainer = build_trainer(cfg, out_dir / "xlt", loggers, callbacks, t.max_steps, t.val_check_interval,
+                                manual_optimization=False)
         start = time.perf_counter()
         trainer.test(method, datamodule=datamodule, verbose=False)
         seconds = time.perf_counter() - start

@@ -169,7 +169,7 @@ def build_xlt(method: str, args: argparse.Namespace, num_training_batches: int):
         cache_dir=cfg.paths.cache_dir)
     task = ClassificationTask(labels=list(benchmark.labels), eval_languages=datamodule.eval_languages,
                               source_languages=LANGUAGES)
-    module = method_class(method)(cfg.method, backbone, task, total_steps=cfg.trainer.max_steps)
+    module = method_class(method, "classification")(cfg.method, backbone, task, total_steps=cfg.trainer.max_steps)
     return cfg, module, datamodule
 
 

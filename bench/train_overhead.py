@@ -71,6 +71,7 @@ def main() -> None:
     from xlt_runner.methods import ClassificationTask, method_class
     from xlt_runner.models import load_backbone
     from xlt_runner.runner import Patience, build_callbacks, build_checkpoint_callback, build_loggers, build_trainer
+    from xlt_runner.tasks.classification import Classification
 
     import transformers
     transformers.logging.set_verbosity_error()
@@ -133,7 +134,7 @@ def main() -> None:
         task = ClassificationTask(labels=list(benchmark.labels), eval_languages=datamodule().eval_languages,
                                   source_languages=SOURCE_LANGUAGES)
         torch.manual_seed(args.seed)
-        method = method_class(method_name)(cfg.method, backbone, task, total_steps=total_batches)
+        method = method_class(method_name, "classification")(cfg.method, backbone, task, total_steps=total_batches)
         initial = {k: v.detach().clone() for k, v in method.trainable_state_dict().items()}
         counter = TokenCounter()
         counter.attach(method.backbone)
@@ -175,10 +176,13 @@ def main() -> None:
             if runner_style:
                 root = out_dir / method_name / "runner"
                 loggers, _ = build_loggers(cfg, root, {})
-                callbacks = [build_checkpoint_callback(root / "checkpoints", cfg.trainer.monitor),
-                             *build_callbacks(cfg, method, total_batches, cfg.trainer.val_check_interval, Patience()),
+                monitor = Classification.monitor(cfg)
+                callbacks = [build_checkpoint_callback(root / "checkpoints", *monitor),
+                             *build_callbacks(cfg, method, *monitor, total_batches, cfg.trainer.val_check_interval,
+                                              Patience()),
                              clock]
-                trainer = build_trainer(cfg, root, loggers, callbacks, total_batches, cfg.trainer.val_check_interval)
+                trainer = build_trainer(cfg, root, loggers, callbacks, total_batches, cfg.trainer.val_check_interval,
+                                        manual_optimization=False)
             else:
                 trainer = pl.Trainer(
                     default_root_dir=str(out_dir / method_name / "bare"), max_steps=total_batches, max_epochs=1,

@@ -10,14 +10,19 @@ the runner's source training, driven by environment variables:
     ``train`` (at the start of the training batch that would make step ``step + 1``),
     ``val`` (at the first batch of the validation that runs at step ``step``),
     ``test`` (at the first test batch; ``step`` is the final step count),
-    ``write`` (SIGKILL half-way through writing ``resume.ckpt`` at step ``step``: the
-    temporary file holds the first half of the checkpoint's bytes when the process dies).
+    ``write`` (SIGKILL half-way through writing ``resume.ckpt`` at step ``step``: the file
+    being written, its temporary file or ``resume.ckpt`` itself for a writer that writes in
+    place, holds the first half of the checkpoint's bytes when the process dies).
     ``<SIGNAL>@random`` instead picks a fault (SIGTERM or SIGKILL at train/val, SIGKILL at
     write) at random from ``XLT_FAULT_SEED`` and the run id, for a fraction ``XLT_FAULT_P``
     (default 0.5) of the runs.
 ``XLT_LOSS_LOG=<path>``
     Append ``{"run_id", "step", "loss", "lr", "param_sum"}`` after each optimiser step
     (JSON lines; ``param_sum``: :func:`param_sum` of the weights after the step).
+``XLT_VAL_LOG=<path>``
+    Append ``{"run_id", "step", "metrics"}`` after each validation of the source training
+    (``metrics``: every ``val/*`` value the trainer holds then, as floats), so that a test can
+    tell a validation that a resumed run skipped or computed differently.
 """
 from __future__ import annotations
 
@@ -32,6 +37,7 @@ import torch
 
 FAULT = os.environ.get("XLT_FAULT", "")
 LOSS_LOG = os.environ.get("XLT_LOSS_LOG")
+VAL_LOG = os.environ.get("XLT_VAL_LOG")
 WHERES = ("train", "val", "write")
 
 
@@ -88,6 +94,12 @@ def fault_callback(run_id: str, max_steps: int, val_every: int):
             if batch_idx == 0 and not trainer.sanity_checking:
                 self._fire("val", trainer.global_step, pl_module)
 
+        def on_validation_end(self, trainer, pl_module) -> None:
+            if VAL_LOG and not trainer.sanity_checking:
+                metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+                with open(VAL_LOG, "a", encoding="utf-8") as log:
+                    log.write(json.dumps({"run_id": run_id, "step": trainer.global_step, "metrics": metrics}) + "\n")
+
         def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
             if batch_idx == 0:
                 self._fire("test", trainer.global_step, pl_module)
@@ -106,7 +118,10 @@ def fault_callback(run_id: str, max_steps: int, val_every: int):
 
         def save_then_die(trainer, filepath, *args, **kwargs):
             original(trainer, filepath, *args, **kwargs)
-            if ".tmp" in os.path.basename(filepath) and trainer.global_step == fault[2] and not callback.fired:
+            # the file rank 0 writes (resume.ckpt's temporary file, or resume.ckpt itself for a
+            # writer that writes in place), not best.ckpt; other ranks call this but write nothing
+            if "resume.ckpt" in os.path.basename(filepath) and trainer.is_global_zero \
+                    and trainer.global_step == fault[2] and not callback.fired:
                 callback.fired = True
                 with open(filepath, "r+b") as handle:
                     handle.truncate(os.path.getsize(filepath) // 2)
@@ -124,8 +139,8 @@ def install() -> None:
 
     original = runner.build_callbacks
 
-    def build_callbacks(cfg, method, max_steps, val_check_interval, patience):
-        callbacks = original(cfg, method, max_steps, val_check_interval, patience)
+    def build_callbacks(cfg, method, monitor, mode, max_steps, val_check_interval, patience):
+        callbacks = original(cfg, method, monitor, mode, max_steps, val_check_interval, patience)
         if max_steps == cfg.trainer.max_steps:  # the source training, not a per-target phase
             callbacks.append(fault_callback(run_id(cfg), max_steps, cfg.trainer.val_check_interval))
         return callbacks

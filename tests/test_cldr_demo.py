@@ -6,9 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from xlt_runner.config import BenchmarkConfig
 from xlt_runner.data import BenchmarkDataError, build_benchmark
-from xlt_runner.data.cldr_demo import LABELS, CldrDemo, _locale_code, generate
+from xlt_runner.data.cldr_demo import LABELS, CldrDemo, CldrDemoConfig, _locale_code, generate
 
 SPLITS = ("train", "dev", "test")
 
@@ -98,7 +97,7 @@ def test_too_many_locales_requested_is_a_clear_error(tmp_path):
 
 
 def test_benchmark_generates_once_into_cache_and_reads_examples(tmp_path):
-    cfg = BenchmarkConfig(name="cldr_demo", min_locales=100, terms_per_class=10)
+    cfg = CldrDemoConfig(name="cldr_demo", min_locales=100, terms_per_class=10)
     bench = build_benchmark(cfg, str(tmp_path))
     assert isinstance(bench, CldrDemo)
     assert bench.root.parent == tmp_path / "cldr_demo"

@@ -13,11 +13,12 @@ import shutil
 import pytest
 from omegaconf import OmegaConf
 
+from xlt_runner.validation import validate
 from xlt_runner import config
 from xlt_runner.cli import compose, preflight
 from xlt_runner.config import ConfigError
 from xlt_runner.data import BenchmarkDataError
-from xlt_runner.data.cldr_demo import CldrDemo
+from xlt_runner.data.cldr_demo import CldrDemo, CldrDemoConfig
 from xlt_runner.data.languages import LanguageTable
 from xlt_runner.data.tsv_benchmark import FIELD_SIZE_LIMIT, SIB200_LABELS, Sib200, TsvClassificationBenchmark
 
@@ -41,7 +42,7 @@ def test_plus_override_cannot_add_a_key_to_a_typed_section(tmp_path):
                     "Did you mean trainer.max_steps?")
     for added in (["++method.prompt_length=4"], ["method=spt", "+method.optim.momentum=0.9"], ["+seedx=1"]):
         with pytest.raises(ConfigError, match="unknown key"):
-            config.validate(compose(added))
+            validate(compose(added))
     # hydra.* stays open, and '++' may set a key the schema has
     preflight(["+hydra.job.env_set.XLT_TEST=1", "++trainer.max_steps=7", f"paths.output_root={tmp_path}",
                f"paths.cache_dir={tmp_path / 'cache'}"])
@@ -51,8 +52,8 @@ def test_plus_override_cannot_add_a_key_to_a_typed_section(tmp_path):
 def test_example_limits_must_be_positive_or_null(key, tmp_path):
     preflight_fails([f"benchmark.{key}=-5"], tmp_path, f"benchmark.{key}=-5", f"benchmark.{key}=null")
     with pytest.raises(ConfigError, match=f"benchmark.{key}=0"):
-        config.validate(compose([f"benchmark.{key}=0"]))
-    config.validate(compose([f"benchmark.{key}=1"]))
+        validate(compose([f"benchmark.{key}=0"]))
+    validate(compose([f"benchmark.{key}=1"]))
 
 
 def test_explicit_language_missing_from_local_data_fails_in_preflight(synthetic_data, shared_cache, tmp_path):
@@ -119,7 +120,7 @@ def test_learning_rates_must_be_positive(tmp_path):
     preflight_fails(["method.optim.lr=-1e-3"], tmp_path, "method.optim.lr=-0.001", "greater than 0")
     for override in ("method.prompt_lr=0", "regime.probe_lr=-1"):
         with pytest.raises(ConfigError, match=override.split("=")[0]):
-            config.validate(compose(["method=spt", override]))
+            validate(compose(["method=spt", override]))
 
 
 def test_type_error_in_an_override_keeps_the_reason(tmp_path):
@@ -178,7 +179,7 @@ def test_long_field_is_read_and_runaway_quote_names_its_line(tmp_path):
 def test_fingerprint_follows_content_not_location(tmp_path):
     def fingerprints(root):
         sib = Sib200(config.BenchmarkConfig(name="sib200", data_dir=str(root)), cache_dir=str(tmp_path / "c"))
-        demo = CldrDemo(config.BenchmarkConfig(name="cldr_demo", data_dir=str(root)), cache_dir=str(tmp_path / "c"))
+        demo = CldrDemo(CldrDemoConfig(name="cldr_demo", data_dir=str(root)), cache_dir=str(tmp_path / "c"))
         return sib.fingerprint(), demo.fingerprint()
 
     original = make_synthetic_benchmark(tmp_path / "a", languages=["eng_Latn", "fra_Latn"], sizes=(7, 7, 7))

@@ -13,12 +13,15 @@ import yaml
 
 from conftest import find_records, run_cli, tiny_run_args
 from test_soft_prompt import TASK, encode_texts
-from xlt_runner import config, runner
+from xlt_runner import runner, stages
 from xlt_runner.callbacks import DelayedEarlyStopping
 from xlt_runner.composition import CONF_DIR, compose
-from xlt_runner.config import BenchmarkConfig, ConfigError, FullFTConfig, HeadOnlyConfig, LoraConfig, OptimConfig
+from xlt_runner.config import BenchmarkConfig, ConfigError, OptimConfig
+from xlt_runner.methods.finetune import FullFTConfig, HeadOnlyConfig, LoraConfig
+from xlt_runner.validation import validate
 from xlt_runner.metrics import PerLanguageClassification
-from xlt_runner.methods import ClassificationTask, FullFineTuning, HeadOnly, Lora
+from xlt_runner.methods import ClassificationTask
+from xlt_runner.methods.finetune import FullFineTuning, HeadOnly, Lora
 from xlt_runner.methods.base import lr_lambda, masked_mean, resolve_warmup
 from xlt_runner.methods.soft_prompt import SoftPromptTuning, SptConfig
 from xlt_runner.models import Backbone, build_tiny_model
@@ -99,10 +102,10 @@ def test_invalid_pool_is_a_config_error():
         build(SoftPromptTuning, SptConfig(prompt_length=2, pool="max"), "cls")
     assert build(SoftPromptTuning, SptConfig(prompt_length=2), "mean").pooling == "mean"
     assert build(SoftPromptTuning, SptConfig(prompt_length=2, pool="first_virtual"), "mean").pooling == "first_virtual"
-    # and before any model is loaded: config.validate, which the CLI's preflight runs on every sweep point
+    # and before any model is loaded: validation.validate, which the CLI's preflight runs on every sweep point
     with pytest.raises(ConfigError, match="method.pool='first_virtual' is not valid for method=head_only"):
-        config.validate(compose(["method=head_only", "method.pool=first_virtual"]))
-    config.validate(compose(["method=spt", "method.pool=first_virtual"]))
+        validate(compose(["method=head_only", "method.pool=first_virtual"]))
+    validate(compose(["method=spt", "method.pool=first_virtual"]))
 
 
 def test_every_encoder_config_states_its_pooling():
@@ -336,14 +339,14 @@ def test_patience_in_validations_and_epochs_are_exclusive_and_positive(prefix, k
     """Patience set both in validations and in epochs is a ConfigError naming both keys; zero or
     negative patience (either unit) is refused; one positive value validates."""
     with pytest.raises(ConfigError) as error:
-        config.validate(compose([f"{prefix}.{key}=5", f"{prefix}.{key}_epochs=2"]))
+        validate(compose([f"{prefix}.{key}=5", f"{prefix}.{key}_epochs=2"]))
     assert f"{prefix}.{key}=5" in str(error.value) and f"{prefix}.{key}_epochs=2" in str(error.value)
     for value in ("0", "-1.5"):
         with pytest.raises(ConfigError, match=f"{prefix}.{key}_epochs={value}.*must be positive"):
-            config.validate(compose([f"{prefix}.{key}=null", f"{prefix}.{key}_epochs={value}"]))
+            validate(compose([f"{prefix}.{key}=null", f"{prefix}.{key}_epochs={value}"]))
     with pytest.raises(ConfigError, match=f"{prefix}.{key}=0 must be positive"):
-        config.validate(compose([f"{prefix}.{key}=0", f"{prefix}.{key}_epochs=null"]))
-    config.validate(compose([f"{prefix}.{key}=null", f"{prefix}.{key}_epochs=0.5"]))
+        validate(compose([f"{prefix}.{key}=0", f"{prefix}.{key}_epochs=null"]))
+    validate(compose([f"{prefix}.{key}=null", f"{prefix}.{key}_epochs=0.5"]))
 
 
 # ------------------------------------------------------------------- 4. warmup as a fraction
@@ -409,14 +412,14 @@ def test_early_stopping_starts_after_the_first_cycle_with_the_resolved_warmup(ov
     cfg = compose(["method=spt", "trainer.early_stopping_after_first_cycle=true", "trainer.monitor=val/loss",
                    "trainer.enable_progress_bar=false", *overrides])
     assert cfg.method.optim.schedule == "cosine_restarts" and cfg.method.optim.num_cycles == 2
-    callbacks = runner.build_callbacks(cfg, SimpleNamespace(warmup_ratio=method_ratio), 1000, 100,
+    callbacks = runner.build_callbacks(cfg, SimpleNamespace(warmup_ratio=method_ratio), "val/loss", "min", 1000, 100,
                                        runner.Patience(epochs=20))
     (stopper,) = [c for c in callbacks if isinstance(c, DelayedEarlyStopping)]
     assert stopper.start_step == expected
     assert (stopper.monitor, stopper.mode, stopper.patience_epochs) == ("val/loss", "min", 20)
 
 
-def test_sequential_targets_use_the_target_warmup_and_patience(monkeypatch, tmp_path):
+def test_target_fit_uses_the_target_warmup_and_patience(monkeypatch, tmp_path):
     """``regime.target_warmup_ratio`` is the method's warmup ratio during every target phase (and
     null again afterwards); the target patience (validations or epochs) reaches fit_stage."""
     cfg = compose(["method=spt", "regime=sequential", "regime.target_max_steps=40",
@@ -447,13 +450,22 @@ def test_sequential_targets_use_the_target_warmup_and_patience(monkeypatch, tmp_
         def test(self, method, **kwargs):
             method.test_results = {lang: {"accuracy": 1.0} for lang in method.task.eval_languages}
 
-    def fake_fit_stage(cfg, method, dm, checkpoint_dir, loggers, *, max_steps, val_check_interval, patience, **kw):
+    def fake_fit_stage(cfg, task_kind, method, dm, checkpoint_dir, loggers, *, max_steps, val_check_interval, patience,
+                       **kw):
         seen.append((method.warmup_ratio, max_steps, val_check_interval, patience))
         return FakeTrainer(), None, {"step": 5}, {"trained_steps": max_steps}
 
     monkeypatch.setattr(runner, "fit_stage", fake_fit_stage)
-    datamodule_for = lambda src, tgt, steps: SimpleNamespace(eval_languages=list(tgt))
-    results, phases = runner.sequential_targets(cfg, method, datamodule_for, ["fra_Latn", "quy_Latn"], tmp_path)
+    task_kind = SimpleNamespace(
+        datamodule=lambda src, tgt, steps: SimpleNamespace(eval_languages=list(tgt)),
+        method_task=lambda dm, src: ClassificationTask(labels=["a"], eval_languages=dm.eval_languages, source_languages=src),
+        metric_names=lambda: ("accuracy",))
+    record = {"per_language": {}, "timings": {}}
+    ctx = stages.RunContext(cfg=cfg, run_dir=tmp_path, record=record, guard=None, task_kind=task_kind, table=None,
+                            source=["eng_Latn"], targets=["fra_Latn", "quy_Latn"], members={}, datamodule=None,
+                            method=method, loggers=[])
+    stages.target_fit(ctx)
+    results, phases = record["per_language"], record["target_phases"]
     assert sorted(results) == ["fra_Latn", "quy_Latn"]
     assert phases["quy_Latn"] == {"best": {"step": 5}, "training": {"trained_steps": 40}}  # each phase's rule
     assert seen == [(0.05, 40, 5, runner.Patience(None, 30))] * 2
@@ -464,13 +476,13 @@ def test_warmup_ratio_and_steps_are_exclusive():
     """``method.optim.warmup_ratio`` with a non-zero ``warmup_steps`` is a ConfigError naming both;
     a ratio outside [0, 1) is refused, for the method and for ``regime.target_warmup_ratio``."""
     with pytest.raises(ConfigError) as error:
-        config.validate(compose(["method=head_only", "method.optim.warmup_ratio=0.1", "method.optim.warmup_steps=5"]))
+        validate(compose(["method=head_only", "method.optim.warmup_ratio=0.1", "method.optim.warmup_steps=5"]))
     assert "method.optim.warmup_ratio=0.1" in str(error.value) and "method.optim.warmup_steps=5" in str(error.value)
-    config.validate(compose(["method=head_only", "method.optim.warmup_ratio=0.1", "method.optim.warmup_steps=0"]))
+    validate(compose(["method=head_only", "method.optim.warmup_ratio=0.1", "method.optim.warmup_steps=0"]))
     with pytest.raises(ConfigError, match="warmup_ratio=1.0"):
-        config.validate(compose(["method=spt", "method.optim.warmup_ratio=1.0"]))
+        validate(compose(["method=spt", "method.optim.warmup_ratio=1.0"]))
     with pytest.raises(ConfigError, match="regime.target_warmup_ratio=-0.1"):
-        config.validate(compose(["regime.target_warmup_ratio=-0.1"]))
+        validate(compose(["regime.target_warmup_ratio=-0.1"]))
 
 
 # ------------------------------------------------------------------------- 5. paper presets
@@ -502,7 +514,7 @@ def test_paper_presets_state_the_papers_protocol(experiment, seeds, methods):
         assert params.method.split(",") == methods
     for method in methods:
         point = compose([f"experiment={experiment}", f"method={method}"])
-        config.validate(point)
+        validate(point)
         for key, value in PAPER_PROTOCOL.items():
             assert select(point, key) == value, (experiment, method, key)
         if method != "spt":

@@ -15,7 +15,7 @@ def test_sequential_regime_tunes_and_tests_each_target(tmp_path, synthetic_data,
                          "languages.targets=[fra_Latn,quy_Latn]")
     result = run_cli(args)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "sequential 1/2: tuning on fra_Latn" in result.stdout and "sequential 2/2" in result.stdout
+    assert "target_fit 1/2: tuning on fra_Latn" in result.stdout and "target_fit 2/2" in result.stdout
     (record,) = find_records(tmp_path)
     assert record["status"] == "complete" and record["regime"] == "sequential"
     assert sorted(record["per_language"]) == ["fra_Latn", "quy_Latn"]
@@ -40,12 +40,13 @@ def test_langid_probe_reports_language_identification_accuracy(tmp_path, synthet
     assert probe["accuracy"] > 0.9
     recall = probe["per_language_recall"]
     groups = record["groups"]
-    assert groups["langid"] == {"accuracy": probe["accuracy"], "n_languages": 3, "macro_f1": None,
-                                "higher_is_better": False}
+    assert groups["langid"] == {"langid_recall": probe["accuracy"], "n_languages": 3}
     # Table 4's cells: mean per-language recall over the group's probe languages, lower is better
-    assert groups["langid:seen"]["accuracy"] == pytest.approx((recall["eng_Latn"] + recall["fra_Latn"]) / 2)
-    assert groups["langid:unseen"]["accuracy"] == pytest.approx(recall["quy_Latn"])
-    assert groups["langid:all"]["n_languages"] == 3 and not groups["langid:all"]["higher_is_better"]
+    assert groups["langid:seen"]["langid_recall"] == pytest.approx((recall["eng_Latn"] + recall["fra_Latn"]) / 2)
+    assert groups["langid:unseen"]["langid_recall"] == pytest.approx(recall["quy_Latn"])
+    assert groups["langid:all"]["n_languages"] == 3
+    (spec,) = [m for m in record["metrics"] if m["name"] == "langid_recall"]
+    assert spec["higher_is_better"] is False and spec["percent"] is True
     # the zero-shot groups that hold source languages are not reported; the probe's are
     assert set(record["groups_not_reported"]) == {"seen", "all"} and "seen" not in groups
 

@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 
 from test_results import make_record
+from xlt_runner.fileio import atomic_path, write_json_atomic
 from xlt_runner.config import ConfigError, ModelConfig
 from xlt_runner.models import build_tiny_model, load_backbone
 from xlt_runner.models import loading
@@ -34,7 +35,7 @@ def _now() -> str:
 def _running_record(tmp_path: Path, name: str = "run", **fields) -> Path:
     """A ``running`` record under ``tmp_path/name`` with the given host/pid/started_at fields."""
     run_dir = tmp_path / name
-    record.write_json_atomic(run_dir / record.RESULTS_FILE, {**make_record("lora", 0, status="running"), **fields})
+    write_json_atomic(run_dir / record.RESULTS_FILE, {**make_record("lora", 0, status="running"), **fields})
     return run_dir
 
 
@@ -105,7 +106,7 @@ def test_record_from_another_host_stays_running(tmp_path):
     ("[1, 2]", "not a JSON object but an array"),
 ])
 def test_unreadable_record_is_listed_with_its_reason(tmp_path, capsys, wide_console, content, reason):
-    record.write_json_atomic(tmp_path / "good" / record.RESULTS_FILE, make_record("lora", 0))
+    write_json_atomic(tmp_path / "good" / record.RESULTS_FILE, make_record("lora", 0))
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / record.RESULTS_FILE).write_text(content)
     with pytest.warns(UserWarning, match="Unreadable run record"):
@@ -220,8 +221,8 @@ def test_trust_remote_code_names_hub_repo_and_revision(empty_hub_cache, monkeypa
 def test_records_get_the_mode_the_umask_allows(tmp_path, umask, mode):
     previous = os.umask(umask)
     try:
-        record.write_json_atomic(tmp_path / "run" / record.RESULTS_FILE, make_record("lora", 0))
-        with record.atomic_path(tmp_path / "run" / "weights.bin") as tmp:
+        write_json_atomic(tmp_path / "run" / record.RESULTS_FILE, make_record("lora", 0))
+        with atomic_path(tmp_path / "run" / "weights.bin") as tmp:
             tmp.write_bytes(b"\0" * 8)
     finally:
         os.umask(previous)
@@ -232,7 +233,7 @@ def test_records_get_the_mode_the_umask_allows(tmp_path, umask, mode):
 
 def _complete_runs(tmp_path: Path) -> pd.DataFrame:
     for seed in (0, 1):
-        record.write_json_atomic(tmp_path / f"r{seed}" / record.RESULTS_FILE, make_record("lora", seed))
+        write_json_atomic(tmp_path / f"r{seed}" / record.RESULTS_FILE, make_record("lora", seed))
     return report.collect_runs(tmp_path)
 
 

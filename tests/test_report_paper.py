@@ -1,5 +1,5 @@
 """Paper-style reporting: Welch tests against a reference method, one-seed and zero-variance
-cells, lower-is-better groups, groups not reported on purpose, and the XPE paper's reference rows."""
+cells, lower-is-better metrics, groups not reported on purpose, and the XPE paper's reference rows."""
 from __future__ import annotations
 
 import math
@@ -9,6 +9,8 @@ import pandas as pd
 import pytest
 from scipy import stats as scipy_stats
 
+from xlt_runner.fileio import write_json_atomic
+from xlt_runner.data import sib200_references as references
 from xlt_runner.results import record, report
 
 PAPER_TSV = Path("/work/shared/data/sib200/meta/xpe_paper_appendix_a.tsv")
@@ -29,7 +31,7 @@ def write_run(root: Path, method: str, seed: int, groups: dict, *, model: str = 
            "finished_at": f"2026-01-01T00:00:0{seed}", "config": config, "overrides": [],
            "per_language": {"yor_Latn": {"accuracy": 0.5, "macro_f1": 0.5, "n": 10}}, "groups": groups,
            "group_members": group_members or {}, "groups_not_reported": groups_not_reported or {}}
-    record.write_json_atomic(root / run["run_id"] / record.RESULTS_FILE, run)
+    write_json_atomic(root / run["run_id"] / record.RESULTS_FILE, run)
 
 
 def write_cell(root: Path, method: str, accuracies: list[float], groups: tuple[str, ...] = ("unseen",),
@@ -121,29 +123,35 @@ def test_one_seed_and_zero_variance_are_said_not_left_blank(tmp_path):
 
 
 # ------------------------------------------------------------------------- direction
-def test_lower_is_better_group_has_its_lowest_mean_best(tmp_path):
+def test_lower_is_better_metric_has_its_lowest_mean_best(tmp_path):
+    """Records from before metric specs: the probe's ``higher_is_better: false`` groups are read as the
+    lower-is-better metric ``langid_recall``, in a table of their own (before, they were columns of the
+    accuracy table, and the macro_f1 table, where they had no value)."""
     langid = lambda accuracy: {"accuracy": accuracy, "macro_f1": None, "n_languages": 3,  # noqa: E731
                                "higher_is_better": False}
     for seed, (spt, xpe) in enumerate(zip([0.30, 0.33, 0.31], [0.20, 0.22, 0.25])):
         write_run(tmp_path, "spt", seed, {"lowperf": 0.40 + seed / 50, "langid:lowperf": langid(spt)})
         write_run(tmp_path, "xpe", seed, {"lowperf": 0.50 + seed / 100, "langid:lowperf": langid(xpe)})
-    table = report.group_table(report.collect_runs(tmp_path))
+    runs = report.collect_runs(tmp_path)
+    assert report.group_table(runs).groups == report.group_table(runs, "macro_f1").groups == ["lowperf"]
+    table = report.group_table(runs, "langid_recall")
+    assert table.groups == ["langid:lowperf"]
     rows = table.rows.set_index(["method", "group"])
     assert rows.at[("xpe", "langid:lowperf"), "best"] and not rows.at[("spt", "langid:lowperf"), "best"]
-    assert rows.at[("xpe", "lowperf"), "best"] and not rows.at[("spt", "lowperf"), "best"]
     assert rows.at[("spt", "langid:lowperf"), "p_vs_best"] == pytest.approx(welch([0.30, 0.33, 0.31],
                                                                                   [0.20, 0.22, 0.25]))
-    assert not rows.at[("xpe", "langid:lowperf"), "higher_is_better"]
-    assert rows.at[("xpe", "lowperf"), "higher_is_better"]
-    assert table.lower_is_better == {"langid:lowperf"}
+    assert not rows["higher_is_better"].any() and rows["percent"].all()
     markdown = report.format_markdown(table)
-    assert "| method | lowperf | langid:lowperf ↓ |" in markdown and "↓ = lower is better" in markdown
-    assert r"method & lowperf & langid:lowperf $\downarrow$ \\" in report.format_latex(table)
-    assert report.group_table(report.collect_runs(tmp_path), "macro_f1").groups == ["lowperf", "langid:lowperf"]
+    assert "| method | langid:lowperf ↓ |" in markdown and "↓ = lower is better" in markdown
+    assert "| spt | 31.3 ± 3.8 (n=3) p=0.010 |" in markdown and "| xpe | **22.3 ± 6.3** (n=3) |" in markdown
+    assert r"method & langid:lowperf $\downarrow$ \\" in report.format_latex(table)
 
-    write_run(tmp_path, "lora", 0, {"langid:lowperf": 0.1})  # says (by default) higher is better
-    with pytest.raises(ValueError, match="disagree on the direction of group 'langid:lowperf'"):
-        report.group_table(report.collect_runs(tmp_path))
+    rec = record.read_record(next(tmp_path.iterdir()))  # a record whose spec says higher is better
+    rec["metrics"] = [{"name": "langid_recall", "higher_is_better": True}]
+    write_json_atomic(tmp_path / "other" / record.RESULTS_FILE, rec)
+    with pytest.raises(ValueError, match="records disagree on metric 'langid_recall': .* has higher_is_better="
+                                         "False, percent=True; .*other has higher_is_better=True, percent=True."):
+        report.group_table(report.collect_runs(tmp_path), "langid_recall")
 
 
 # ---------------------------------------------------------------------- not reported
@@ -199,7 +207,7 @@ def write_sib200_sweep(root: Path, data_dir: str | None, languages: str = "enarz
 def test_xpe_paper_rows_found_next_to_the_benchmark_data(tmp_path, monkeypatch):
     for directory in ("annotated", "meta"):
         (tmp_path / "data" / "sib200" / directory).mkdir(parents=True)
-    (tmp_path / "data" / "sib200" / "meta" / report.XPE_PAPER_FILE).write_text(FAKE_PAPER)
+    (tmp_path / "data" / "sib200" / "meta" / references.XPE_PAPER_FILE).write_text(FAKE_PAPER)
     monkeypatch.chdir(tmp_path)
     write_sib200_sweep(tmp_path, "data/sib200/annotated")  # relative to where xlt-report runs
     table = report.group_table(report.collect_runs(tmp_path / "outputs"))
@@ -213,9 +221,11 @@ def test_xpe_paper_rows_found_next_to_the_benchmark_data(tmp_path, monkeypatch):
     assert (paper["n_seeds"] == 0).all() and not paper["best"].any() and paper["p_vs_best"].isna().all()
     assert table.rows.loc[table.rows["n_seeds"] > 0, "best"].all()  # the runs tie: all best, the paper rows aside
     markdown = report.format_markdown(table)
-    assert f"| {spt} | 35.0 (paper) | 50.0 (paper, 3/4 langs) | – |" in markdown
+    assert f"| {spt} | 35.0 (paper) | 50.0 (paper, 3/4 langs) |" in markdown  # the probe's group: not accuracy
     assert "(paper, k/n langs) = only k of the group's n languages have a published number" in markdown
-    assert not table.rows[table.rows["group"] == "langid:lowperf"]["method"].eq("reference").any()
+    runs = report.collect_runs(tmp_path / "outputs")
+    for metric in ("macro_f1", "langid_recall"):  # published numbers are accuracy
+        assert not report.group_table(runs, metric).rows["method"].eq("reference").any()
 
 
 def test_xpe_paper_rows_absent_file_explicit_path_and_other_source_sets(tmp_path, monkeypatch, capsys,
@@ -225,8 +235,8 @@ def test_xpe_paper_rows_absent_file_explicit_path_and_other_source_sets(tmp_path
     runs = report.collect_runs(tmp_path / "outputs")
     table = report.group_table(runs)
     assert not table.rows["cell_label"].str.startswith("XPE paper").any()
-    assert table.notes == [f"info: no XPE paper reference rows: {report.XPE_PAPER_FILE} not found next to the "
-                           f"benchmark data (looked at data/sib200/annotated/../meta/{report.XPE_PAPER_FILE}); "
+    assert table.notes == [f"info: no XPE paper reference rows: {references.XPE_PAPER_FILE} not found next to the "
+                           f"benchmark data (looked at data/sib200/annotated/../meta/{references.XPE_PAPER_FILE}); "
                            "add them with --paper-results PATH."]
     (tmp_path / "elsewhere.tsv").write_text(FAKE_PAPER)
     table = report.group_table(runs, paper_results=tmp_path / "elsewhere.tsv")
@@ -243,7 +253,7 @@ def test_xpe_paper_rows_absent_file_explicit_path_and_other_source_sets(tmp_path
 @pytest.mark.skipif(not PAPER_TSV.exists(), reason="needs the shared SIB-200 data (not in CI)")
 def test_xpe_paper_rows_reproduce_the_papers_table_1(tmp_path):
     appendix = pd.read_csv(PAPER_TSV, sep="\t")
-    codes = lambda groups: [report.XPE_PAPER_CODE_FIXES.get(c, c)  # noqa: E731 (a run's targets are SIB-200 codes)
+    codes = lambda groups: [references.XPE_PAPER_CODE_FIXES.get(c, c)  # noqa: E731 (a run's targets are SIB-200 codes)
                             for c in appendix.loc[appendix["group"].isin(groups), "lang"]]
     members = {"lowperf": codes([2]), "unseen": codes([1, 2])}
     assert len(members["lowperf"]) == 46 and "mai_Deva" in members["unseen"]
@@ -276,16 +286,17 @@ def test_no_reference_number_fills_a_column_left_blank_on_purpose(tmp_path):
 def test_records_from_before_groups_were_withheld_are_read_alike(tmp_path):
     """A record without ``groups_not_reported`` (written before the runner withheld groups that hold
     source languages) gets those groups withheld when read, unless its regime is sequential; its
-    old ``langid_probe`` group is lower-is-better."""
+    old ``langid_probe`` group carries the lower-is-better ``langid_recall``."""
     for regime, name in (("zero_shot", "old"), ("sequential", "seq")):
         run = {"status": "complete", "run_id": name, "method": "spt", "model": "m", "benchmark": "sib200",
                "languages": "enarzho", "seed": 0, "regime": regime, "source_languages": ["eng_Latn"],
                "group_members": {"all": ["eng_Latn", "yor_Latn"], "lowperf": ["yor_Latn"]},
                "groups": {"all": {"accuracy": 0.8}, "lowperf": {"accuracy": 0.4},
                           "langid_probe": {"accuracy": 0.9, "macro_f1": 0.9}}}
-        record.write_json_atomic(tmp_path / name / record.RESULTS_FILE, run)
+        write_json_atomic(tmp_path / name / record.RESULTS_FILE, run)
     runs = report.collect_runs(tmp_path).set_index("run_id")
     assert set(runs.at["old", "groups"]) == {"lowperf", "langid_probe"}
     assert runs.at["old", "groups_not_reported"]["all"].startswith("1 of its 2 languages are source")
-    assert runs.at["old", "groups"]["langid_probe"]["higher_is_better"] is False
+    assert runs.at["old", "groups"]["langid_probe"] == {"langid_recall": 0.9, "n_languages": None}
+    assert not runs.at["old", "metrics"]["langid_recall"].higher_is_better
     assert set(runs.at["seq", "groups"]) == {"all", "lowperf", "langid_probe"} and runs.at["seq", "groups_not_reported"] == {}

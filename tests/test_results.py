@@ -8,6 +8,7 @@ import pytest
 import yaml
 from scipy import stats as scipy_stats
 
+from xlt_runner.fileio import write_json_atomic
 from xlt_runner.results import record, report
 from xlt_runner.results.stats import FEWER_THAN_TWO, ZERO_VARIANCE, mean_ci, welch_p, welch_undefined_reason
 
@@ -48,17 +49,17 @@ def sweep_root(tmp_path):
         {"hydra": {"overrides": {"task": ["method=head_only,full_ft,lora", "seed=range(0,3)", "model=tiny"]}}}))
     for method, seeds in ACCURACY.items():
         for seed, accuracy in seeds.items():
-            record.write_json_atomic(sweep / f"{method}-s{seed}" / record.RESULTS_FILE,
+            write_json_atomic(sweep / f"{method}-s{seed}" / record.RESULTS_FILE,
                                      make_record(method, seed, accuracy=accuracy))
-    record.write_json_atomic(sweep / "lora-s1" / record.RESULTS_FILE, make_record("lora", 1, status="running"))
-    record.write_json_atomic(sweep / "lora-s2" / record.RESULTS_FILE, make_record("lora", 2, status="failed"))
+    write_json_atomic(sweep / "lora-s1" / record.RESULTS_FILE, make_record("lora", 1, status="running"))
+    write_json_atomic(sweep / "lora-s2" / record.RESULTS_FILE, make_record("lora", 2, status="failed"))
     (sweep / "broken").mkdir()
     (sweep / "broken" / record.RESULTS_FILE).write_text("{not json")
     return tmp_path
 
 
 def test_write_json_atomic_and_read(tmp_path):
-    record.write_json_atomic(tmp_path / "run" / record.RESULTS_FILE, make_record("head_only", 0))
+    write_json_atomic(tmp_path / "run" / record.RESULTS_FILE, make_record("head_only", 0))
     assert record.read_record(tmp_path / "run")["method"] == "head_only"
     assert record.is_complete(tmp_path / "run")
     assert [p.name for p in (tmp_path / "run").iterdir()] == [record.RESULTS_FILE]  # no temp file left
@@ -120,7 +121,7 @@ def test_cells_differing_in_config_get_distinct_labels(tmp_path):
     for lr, directory in ((0.001, "a"), (0.01, "b")):
         rec = make_record("lora", 0, accuracy=0.7)
         rec["config"]["method"]["optim"]["lr"] = lr
-        record.write_json_atomic(tmp_path / directory / record.RESULTS_FILE, rec)
+        write_json_atomic(tmp_path / directory / record.RESULTS_FILE, rec)
     runs = report.collect_runs(tmp_path)
     assert sorted(runs["cell_label"]) == ["lora [method.optim.lr=0.001]", "lora [method.optim.lr=0.01]"]
 
@@ -150,8 +151,8 @@ def test_group_table_numbers(sweep_root):
 
 
 def test_duplicate_seed_counts_once(tmp_path):
-    record.write_json_atomic(tmp_path / "runs" / "x" / record.RESULTS_FILE, make_record("lora", 0, accuracy=0.6))
-    record.write_json_atomic(tmp_path / "sweeps" / "x" / record.RESULTS_FILE, make_record("lora", 0, accuracy=0.6))
+    write_json_atomic(tmp_path / "runs" / "x" / record.RESULTS_FILE, make_record("lora", 0, accuracy=0.6))
+    write_json_atomic(tmp_path / "sweeps" / "x" / record.RESULTS_FILE, make_record("lora", 0, accuracy=0.6))
     runs = report.collect_runs(tmp_path)
     with pytest.warns(UserWarning, match="repeat"):
         table = report.group_table(runs)
@@ -215,14 +216,15 @@ def test_report_main(sweep_root, capsys):
 
 
 def test_report_main_without_complete_runs(tmp_path, capsys):
-    record.write_json_atomic(tmp_path / "r" / record.RESULTS_FILE, make_record("lora", 0, status="running"))
+    write_json_atomic(tmp_path / "r" / record.RESULTS_FILE, make_record("lora", 0, status="running"))
     assert report.report_main([str(tmp_path)]) == 1
     assert report.report_main([str(tmp_path / "nope")]) == 2
 
 
 def test_sib200_report_adds_the_papers_full_fine_tuning_reference(tmp_path):
     import json as _json
-    from xlt_runner.results.report import SIB200_REFERENCE_LABEL, collect_runs, format_markdown, group_table
+    from xlt_runner.data.sib200_references import SIB200_REFERENCE_LABEL
+    from xlt_runner.results.report import collect_runs, format_markdown, group_table
     for seed, acc in ((0, 0.70), (1, 0.74)):
         record = {"status": "complete", "run_id": f"r{seed}", "sweep_name": "s", "method": "dual", "model": "m",
                   "benchmark": "sib200", "languages": "joshi5", "seed": seed, "finished_at": "2026-01-01",
@@ -252,6 +254,9 @@ def test_scores_equal_up_to_summation_order_are_one_value():
         assert welch_p([40.0, 35.55555555555556], nearly) == welch_p([40.0, 35.55555555555556], [35.55555555555556] * 2)
     from xlt_runner.results.stats import ZERO_VARIANCE, welch_undefined_reason
     assert welch_undefined_reason(nearly, [50.0, 50.0]) == ZERO_VARIANCE
+    # on any scale, as a metric that is not a percentage may be: equal up to summation order, a real difference
+    assert welch_undefined_reason([v * 1e6 for v in nearly], [50.0, 50.0]) == ZERO_VARIANCE
+    assert welch_undefined_reason([1e-11, 3e-11], [2e-11, 5e-11]) is None
     # elsewhere it is scipy's Welch test
     from scipy import stats
     for a, b in (([1.0, 2.0, 4.0], [2.0, 3.5, 5.0, 6.0]), ([70.0, 72.0, 74.0], [80.0, 83.0])):

@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from conftest import SIB_LABELS, find_records, run_cli, tiny_run_args
+from xlt_runner.composition import compose
 from xlt_runner.config import ConfigError, OptimConfig
 from xlt_runner.methods import METHODS, ClassificationTask
 from xlt_runner.methods.soft_prompt import (FINAL_PROMPT_KEY, CrossPromptEncoder, DualConfig, DualPrompt,
@@ -48,9 +49,13 @@ ALL = [(SoftPromptTuning, SptConfig), (CrossPromptEncoder, XpeConfig), (DualProm
 
 
 # -------------------------------------------------------------------------- structure
-def test_methods_are_registered_with_their_presets():
-    assert METHODS["spt"] is SoftPromptTuning and METHODS["xpe"] is CrossPromptEncoder
-    assert METHODS["dual"] is METHODS["dual_xpe30"] is METHODS["dual_xpe70"] is DualPrompt
+def test_methods_are_registered_once_and_presets_name_their_family():
+    assert METHODS.get("spt") is SoftPromptTuning and METHODS.get("xpe") is CrossPromptEncoder
+    assert METHODS.get("dual") is DualPrompt and SoftPromptTuning.name == "spt"
+    assert "dual_xpe30" not in METHODS.names()  # a preset is not a method
+    for preset in ("dual_xpe30", "dual_xpe70"):
+        cfg = compose([f"method={preset}"])
+        assert (cfg.method.name, cfg.method.family) == (preset, "dual")
 
 
 @pytest.mark.parametrize("ratio,expected", [(0.3, 6), (0.7, 14), (0.0, 1), (0.999, 19), (0.5, 10)])

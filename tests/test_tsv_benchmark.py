@@ -10,7 +10,7 @@ import pytest
 
 import xlt_runner.data as data_module
 from xlt_runner.config import BenchmarkConfig, ConfigError
-from xlt_runner.data import BENCHMARK_NAMES, BenchmarkDataError, Example, build_benchmark
+from xlt_runner.data import BENCHMARKS, BenchmarkDataError, Example, build_benchmark
 from xlt_runner.data.tsv_benchmark import SIB200_LABELS, Sib200, TsvClassificationBenchmark
 
 LANGS = ("eng_Latn", "fra_Latn", "zho_Hans")
@@ -76,10 +76,10 @@ def test_fingerprint_changes_with_data(root):
 
 
 def test_build_benchmark_registry(root):
-    assert BENCHMARK_NAMES == ("sib200", "cldr_demo")
+    assert BENCHMARKS.names() == ["cldr_demo", "mintaka", "mkqa_cbqa", "sib200"]
     bench = build_benchmark(BenchmarkConfig(name="sib200", data_dir=str(root)), cache_dir="unused")
     assert isinstance(bench, Sib200)
-    with pytest.raises(ConfigError, match="sib200, cldr_demo"):
+    with pytest.raises(ConfigError, match="cldr_demo, mintaka, mkqa_cbqa, sib200 \\(did you mean sib200"):
         build_benchmark(BenchmarkConfig(name="sib201"), cache_dir="unused")
 
 

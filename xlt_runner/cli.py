@@ -23,13 +23,13 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from xlt_runner import config as _config  # noqa: F401  (registers schemas)
-from xlt_runner import identity as _identity  # noqa: F401  (registers the run_id resolver)
-from xlt_runner import methods as _methods  # noqa: F401  (registers every method's schema)
-from xlt_runner.composition import CONF_DIR, compose
+from xlt_runner.composition import CONF_DIR, compose, register_components
 from xlt_runner.config import ConfigError, unknown_key_message
-from xlt_runner.data import BenchmarkDataError, build_benchmark
+from xlt_runner.data import BenchmarkDataError, build_benchmark, data_location
 from xlt_runner.data.languages import LanguageTable
+from xlt_runner.validation import validate
+
+register_components()  # schemas of every method, benchmark and task kind, before Hydra composes
 
 USER_ERROR_EXIT = 2
 log = logging.getLogger("xlt_runner")
@@ -180,7 +180,7 @@ def preflight(argv: list[str]) -> None:
         where = point if len(points) > 1 else None
         try:
             cfg = compose(point, config_name)
-            _config.validate(cfg)
+            validate(cfg)
             _check_local_languages(cfg, benchmarks)
         except (ConfigError, BenchmarkDataError) as exc:
             _fail(str(exc), where)
@@ -210,10 +210,10 @@ def _check_local_languages(cfg: DictConfig, benchmarks: dict) -> None:
     key = (cfg.benchmark.name, cfg.benchmark.data_dir)
     if key not in benchmarks:
         benchmark = build_benchmark(cfg.benchmark, cfg.paths.cache_dir)
-        benchmarks[key] = (benchmark.location, LanguageTable.for_benchmark(benchmark), benchmark.languages())
+        benchmarks[key] = (data_location(benchmark), LanguageTable.for_benchmark(benchmark), benchmark.languages())
     location, table, available = benchmarks[key]
     table.select_run_languages(cfg.languages, available, location)
-    if cfg.regime.name == "langid_probe":
+    if "langid_probe" in cfg.regime.stages:
         table.resolve_in_data("regime.probe_languages", list(cfg.regime.probe_languages), available, location)
 
 
@@ -259,7 +259,7 @@ def hydra_app(cfg: DictConfig) -> None:
     run_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
     try:
-        _config.validate(cfg)
+        validate(cfg)
         run(cfg, run_dir, overrides=list(hc.overrides.task))
     except RunPreempted as exc:  # the process was told to stop: stop the whole sweep, resumable
         print(f"xlt-run: {'interrupted' if exc.interrupted else 'preempted'}: {exc}", file=sys.stderr)
@@ -376,6 +376,31 @@ def run_main() -> None:
     if failed:
         print(f"xlt-run: {len(failed)} job(s) failed:\n  " + "\n  ".join(failed), file=sys.stderr)
         sys.exit(1)
+
+
+def rescore_main() -> None:
+    """``xlt-rescore RUN_DIR...``: recompute a generation run's metrics from ``predictions.jsonl``."""
+    import argparse
+
+    from xlt_runner.tasks.generation import rescore
+    parser = argparse.ArgumentParser(prog="xlt-rescore", description=(
+        "Recompute every metric of complete generation runs from their saved predictions (no model, "
+        "no GPU): per-example scores, per-language results and group means, rewritten in place."))
+    parser.add_argument("run_dirs", nargs="+", type=Path, help="run directories holding results.json")
+    args = parser.parse_args()
+    failed = False
+    for run_dir in args.run_dirs:
+        try:
+            record = rescore(run_dir)
+        except (ValueError, OSError) as exc:
+            print(f"xlt-rescore: {exc}", file=sys.stderr)
+            failed = True
+            continue
+        primary = record["primary_metric"]
+        means = ", ".join(f"{g} {v[primary] * 100:.1f}" for g, v in record["groups"].items() if primary in v)
+        print(f"[xlt-rescore] {run_dir}: {record['rescored_changes']} per-example scores changed; "
+              f"{primary} by group (%): {means}")
+    sys.exit(USER_ERROR_EXIT if failed else 0)
 
 
 def report_main() -> None:

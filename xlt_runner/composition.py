@@ -113,13 +113,23 @@ class CachingConfigLoader(ConfigLoaderImpl):
 
 
 @functools.cache
+def register_components() -> None:
+    """Put every schema the YAML files extend into Hydra's ConfigStore (the core sections, and
+    each registered method, benchmark and task kind) and the ``run_id`` resolver of the
+    hydra.run/sweep dirs. Idempotent; needed before anything composes."""
+    from xlt_runner import config, identity  # noqa: F401  (core schemas, run_id resolver)
+    from xlt_runner.data import BENCHMARKS
+    from xlt_runner.methods import METHODS
+    from xlt_runner.tasks import TASK_KINDS
+    for registry in (METHODS, BENCHMARKS, TASK_KINDS):
+        registry.discover()
+
+
 def project_loader() -> CachingConfigLoader:
     """The process-wide caching loader over conf/ (created on first use)."""
     from hydra._internal.utils import create_config_search_path
 
-    # the schemas the YAML files extend, and the run_id resolver of hydra.run/sweep dirs
-    from xlt_runner import config, identity, methods  # noqa: F401
-
+    register_components()
     return CachingConfigLoader(create_config_search_path(str(CONF_DIR)))
 
 

@@ -46,6 +46,11 @@ class ModelConfig:
     pooling: str = "cls"  # how a sentence vector is read from the last hidden states: cls (first
     # position, <s>/[CLS], as XLM-R's classification head) | mean (over attention-masked real tokens, as e5)
     max_length: int = 128  # tokens, including special tokens
+    # decoders: how a question becomes a prompt. chat: the tokenizer's chat template (the
+    # question as the user turn, the answer as the assistant turn); plain: ``template``
+    format: str = "plain"  # plain | chat
+    template: str = "### Question: {q}\n ### Answer: {a}"  # {q}: the question, {a}: the answer (training)
+    system_prompt: Optional[str] = None  # chat format only: a system turn before the question
     hidden_size: Optional[int] = None  # documentation only; filled from the loaded config
 
 
@@ -66,38 +71,21 @@ class OptimConfig:
 
 @dataclass
 class MethodConfig:
-    """Fields every method has. Each method adds its own in a subclass.
-
-    ``pool`` says which representation the head reads: ``model`` (the backbone's
-    ``model.pooling``), ``cls`` (first position) or ``mean`` (masked mean over real tokens);
-    soft-prompt methods also accept ``first_virtual``."""
-    name: str = MISSING
+    """Fields every method has. Each method adds its own in a subclass, beside its class
+    (``xlt_runner/methods/``)."""
+    name: str = MISSING  # the label in records and reports (a preset may rename: dual_xpe30)
+    family: str = MISSING  # the registered method that builds it (each schema sets its own)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    pool: str = "model"
-    classifier_dropout: float = 0.1
     init_from: Optional[str] = None  # path of saved method weights to start from
 
 
 @dataclass
-class HeadOnlyConfig(MethodConfig):
-    """Frozen backbone; only the classification head trains."""
-    name: str = "head_only"
-
-
-@dataclass
-class FullFTConfig(MethodConfig):
-    """Every backbone parameter and the head train."""
-    name: str = "full_ft"
-
-
-@dataclass
-class LoraConfig(MethodConfig):
-    """LoRA adapters (peft) on the backbone's attention projections; head trains too."""
-    name: str = "lora"
-    r: int = 8
-    alpha: int = 16
-    dropout: float = 0.1
-    target_modules: list[str] = field(default_factory=lambda: ["query", "value"])
+class ClassificationMethodConfig(MethodConfig):
+    """Fields of every classification method. ``pool`` says which representation the head reads:
+    ``model`` (the backbone's ``model.pooling``), ``cls`` (first position) or ``mean`` (masked
+    mean over real tokens); soft-prompt methods also accept ``first_virtual``."""
+    pool: str = "model"
+    classifier_dropout: float = 0.1
 
 
 # ----------------------------------------------------------------------- benchmark
@@ -116,10 +104,23 @@ class BenchmarkConfig:
     batch_size: int = 32
     eval_batch_size: int = 64
     num_workers: int = 0
-    # demo benchmark generation (cldr_demo only)
-    min_locales: int = 100
-    terms_per_class: int = 30
-    generator_seed: int = 0
+
+
+@dataclass
+class GenerationBenchmarkConfig(BenchmarkConfig):
+    """A benchmark judged by generated text: how much may be generated and where it stops.
+
+    Generation stops at EOS, at ``max_new_tokens``, or at the first of ``stop_strings`` that
+    follows non-blank text (a model that opens with a newline is not cut to an empty answer).
+    Splits are made by question id, identical in every language: ``dev_size`` and ``test_size``
+    questions, the rest train."""
+    task: str = "generation"
+    max_new_tokens: int = 32
+    stop_strings: list[str] = field(default_factory=lambda: ["\n"])
+    dev_size: int = 200
+    test_size: int = 500
+    split_seed: int = 0  # which questions go to which split (a hash of seed and question id)
+    language_identifier: str = "py3langid"  # identifies each answer's language (output_language_rate)
 
 
 # ----------------------------------------------------------------------- languages
@@ -152,10 +153,13 @@ class RegimeConfig:
     ``langid_probe``: as zero-shot, then train a linear language-ID classifier on the
     pooled representations of the frozen backbone + frozen trained method for
     ``probe_languages`` (SIB-200 with languages as labels; ``probe_seeds`` probes, averaged)
-    and report its test accuracy as group ``langid`` and, per report group, the mean
-    per-language recall as ``langid:<group>``: lower means more language-agnostic representations.
+    and report, as metric ``langid_recall``, its test accuracy as group ``langid`` and, per
+    report group, the mean per-language recall as ``langid:<group>``: lower means more
+    language-agnostic representations.
     """
-    name: str = "zero_shot"  # zero_shot | sequential | langid_probe
+    name: str = "zero_shot"  # zero_shot | sequential | langid_probe (a label; what runs is ``stages``)
+    stages: list[str] = field(default_factory=lambda: ["fit", "test"])  # run in order; see xlt_runner/stages.py:
+    # fit | test | target_fit (sequential) | langid_probe
     target_max_steps: int = 6000
     target_val_check_interval: int = 100
     target_early_stopping_patience: Optional[int] = 30  # evaluations without improvement
@@ -183,8 +187,9 @@ class TrainerConfig:
     devices: Any = 1
     num_nodes: int = 1
     strategy: str = "auto"
-    monitor: str = "val/accuracy"  # val/accuracy (max) | val/loss (min): picks the best checkpoint and
-    # drives early stopping; computed on the source languages' dev split
+    monitor: Optional[str] = None  # the dev metric (source languages' dev split) that picks the best
+    # checkpoint and drives early stopping; null: the task kind's default (classification: val/accuracy,
+    # max; also val/loss, min. generation: val/loss, min)
     early_stopping_patience: Optional[int] = None  # evaluations without improvement
     early_stopping_patience_epochs: Optional[float] = None  # or: epochs of the source training set
     # without improvement (the XPE paper's unit), turned into evaluations for this run's data and batch
@@ -238,19 +243,6 @@ class RunConfig:
     experiment_name: Optional[str] = None
 
 
-METHOD_SCHEMAS: dict[str, type[MethodConfig]] = {
-    "head_only": HeadOnlyConfig,
-    "full_ft": FullFTConfig,
-    "lora": LoraConfig,
-}
-
-
-def register_method_schema(name: str, schema: type[MethodConfig]) -> None:
-    """Add a method's schema; ``conf/method/<x>.yaml`` then lists ``<name>_schema``."""
-    METHOD_SCHEMAS[name] = schema
-    ConfigStore.instance().store(group="method", name=f"{name}_schema", node=schema)
-
-
 def register_schemas() -> None:
     cs = ConfigStore.instance()
     cs.store(name="run_schema", node=RunConfig)
@@ -260,8 +252,6 @@ def register_schemas() -> None:
     cs.store(group="trainer", name="trainer_schema", node=TrainerConfig)
     cs.store(group="regime", name="regime_schema", node=RegimeConfig)
     cs.store(group="logger", name="logger_schema", node=LoggerConfig)
-    for name, schema in METHOD_SCHEMAS.items():
-        cs.store(group="method", name=f"{name}_schema", node=schema)
 
 
 register_schemas()
@@ -274,9 +264,8 @@ PACKAGED_MODELS = ("me5_small", "smollm2_135m", "gemma3_270m")
 TINY_MODELS = ("xlmr", "bert", "llama", "m2m100")
 PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true")
 OPTIMIZERS = ("adamw", "adafactor")
-REGIMES = ("zero_shot", "sequential", "langid_probe")
 MODEL_POOLINGS = ("cls", "mean")  # model.pooling; method.pool also takes "model"
-MONITORS = {"val/accuracy": "max", "val/loss": "min"}  # trainer.monitor -> mode
+PROMPT_FORMATS = ("plain", "chat")  # model.format
 SCHEDULES = ("constant", "linear", "cosine", "cosine_restarts")
 WANDB_MODES = ("offline", "online", "disabled")
 
@@ -327,16 +316,10 @@ def _learning_rates(node: DictConfig, prefix: str) -> list[tuple[str, Any]]:
     return found
 
 
-def validate(cfg: Any) -> None:
-    """Checks that need more than types: choices, language codes, method/model fit.
-
-    Runs on every composed config before any model or data is touched; raises
-    :class:`ConfigError` naming the key and the valid choices.
-    """
-    from xlt_runner.data import BENCHMARK_NAMES
-    from xlt_runner.data.languages import LanguageTable
-    from xlt_runner.methods import method_class
-
+def check_values(cfg: Any) -> None:
+    """Checks of the core sections that need more than types: choices, ranges, exclusive keys.
+    What a component (task kind, benchmark, method, stage) accepts is checked by the component
+    itself, in :func:`xlt_runner.validation.validate`, which calls this first."""
     check_schema_keys(cfg)
     m = cfg.model
     _choice("model.kind", m.kind, MODEL_KINDS)
@@ -354,9 +337,7 @@ def validate(cfg: Any) -> None:
     if m.max_length < 8:
         raise ConfigError(f"model.max_length={m.max_length} is too small (>= 8 tokens)")
 
-    _choice("benchmark.name", cfg.benchmark.name, BENCHMARK_NAMES)
-    method_class(cfg.method.name).check_supported(cfg.benchmark.task, m.kind)
-    method_class(cfg.method.name).check_pool(cfg.method.pool)
+    _choice("model.format", m.format, PROMPT_FORMATS)
     _choice("method.optim.name", cfg.method.optim.name, OPTIMIZERS)
     _choice("method.optim.schedule", cfg.method.optim.schedule, SCHEDULES)
     for key, lr in _learning_rates(cfg.method, "method.") + _learning_rates(cfg.regime, "regime."):
@@ -378,7 +359,6 @@ def validate(cfg: Any) -> None:
 
     t = cfg.trainer
     _choice("trainer.precision", str(t.precision), PRECISIONS)
-    _choice("trainer.monitor", t.monitor, tuple(MONITORS))
     for prefix, section, key in (("trainer", t, "early_stopping_patience"),
                                  ("regime", cfg.regime, "target_early_stopping_patience")):
         evaluations, epochs = section[key], section[f"{key}_epochs"]
@@ -403,17 +383,3 @@ def validate(cfg: Any) -> None:
             raise ConfigError(f"benchmark.{key}={limit} would drop examples: give at least 1, "
                               f"or null for every example (benchmark.{key}=null)")
     _choice("logger.wandb.mode", cfg.logger.wandb.mode, WANDB_MODES)
-    _choice("regime.name", cfg.regime.name, REGIMES)
-
-    table = LanguageTable.default()
-    lists = {f"languages.{k}": list(cfg.languages[k]) for k in ("source", "targets", "groups")}
-    lists["regime.probe_languages"] = list(cfg.regime.probe_languages)
-    for key, entries in lists.items():
-        if not entries:
-            raise ConfigError(f"{key} is empty; give language codes or set names "
-                              f"({', '.join(table.named_sets())})")
-        for entry in entries:
-            try:
-                table.resolve([entry])
-            except ConfigError as exc:
-                raise ConfigError(f"{key}: {exc}") from None

@@ -1,6 +1,6 @@
 """Never lose work: a lock per run directory, and preemption-safe checkpoints.
 
-**Lock.** :class:`RunLock` holds ``<run_dir>/.lock`` (an ``fcntl`` lock via ``filelock``)
+**Lock.** :class:`RunLock` holds ``<run_dir>/.lock`` (an ``flock``, :class:`xlt_runner.fileio.Lock`)
 for the whole run, taken *before* the record is read, so two sweeps launched over the
 same directory at once never execute the same run twice: the second one sees the lock
 held and skips the run with a message. The kernel releases the lock when the process
@@ -25,7 +25,7 @@ at once. Relaunching the same command finds ``resume.ckpt`` and continues.
 checkpoint is also written at the end of the first step after every validation, so a run
 killed without a signal it can catch (SIGKILL, OOM killer, node failure) resumes from its
 last validation. Every write goes to a temporary file beside it, is fsynced and renamed
-over ``resume.ckpt`` (``results.record.atomic_path``), so a kill during the write leaves the
+over ``resume.ckpt`` (:func:`xlt_runner.fileio.atomic_path`), so a kill during the write leaves the
 previous checkpoint intact.
 
 **Exactness.** Batch ``k`` of a run is a pure function of (seed, k) (the data module's
@@ -47,6 +47,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from xlt_runner.fileio import Lock, atomic_path
 
 RESUME_CHECKPOINT = "resume.ckpt"
 LOCK_FILE = ".lock"
@@ -106,25 +108,18 @@ def process_rank() -> int:
 
 
 class RunLock:
-    """Non-blocking exclusive lock on ``<run_dir>/.lock``; ``acquire()`` is False when another process holds it."""
+    """Non-blocking exclusive lock on ``<run_dir>/.lock`` (:class:`xlt_runner.fileio.Lock`);
+    ``acquire()`` is False when another process holds it."""
 
     def __init__(self, run_dir: Path) -> None:
-        from filelock import FileLock
         self.path = Path(run_dir) / LOCK_FILE
-        self._lock = FileLock(str(self.path))
+        self._lock = Lock(self.path)
 
     def acquire(self) -> bool:
-        from filelock import Timeout
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self._lock.acquire(timeout=0)
-        except Timeout:
-            return False
-        return True
+        return self._lock.try_acquire()
 
     def release(self) -> None:
-        if self._lock.is_locked:
-            self._lock.release()
+        self._lock.release()
 
 
 class PreemptionGuard:
@@ -260,7 +255,6 @@ def resume_checkpoint_callback(guard: PreemptionGuard, path: Path, run_id: str, 
                                    str(path), step)
 
         def _save(self, trainer) -> None:
-            from xlt_runner.results.record import atomic_path
             if trainer.is_global_zero:  # written beside it, fsynced, then renamed over the previous one
                 with atomic_path(path) as tmp:
                     trainer.save_checkpoint(str(tmp), weights_only=False)  # the full training state

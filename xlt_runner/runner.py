@@ -24,12 +24,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from xlt_runner.identity import run_id as compute_run_id
-from xlt_runner.results.record import (environment_info, read_record, write_json_atomic,
-                                       write_per_language_csv, RESULTS_FILE)
+from xlt_runner.fileio import write_json_atomic
+from xlt_runner.results.record import environment_info, read_record, write_per_language_csv, RESULTS_FILE
 
 log = logging.getLogger("xlt_runner")
 
@@ -58,22 +57,6 @@ def new_record(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
         "host": os.uname().nodename, "pid": os.getpid(),
     }
 
-
-def group_means(per_language: dict[str, dict[str, float]], members: dict[str, list[str]],
-                metrics: tuple[str, ...] = ("accuracy", "macro_f1")) -> dict[str, dict]:
-    """Unweighted means of ``metrics`` over each group's languages that were evaluated."""
-    groups = {}
-    for group, codes in members.items():
-        present = [per_language[c] for c in codes if c in per_language]
-        if present:
-            groups[group] = {**{m: float(np.mean([r[m] for r in present])) for m in metrics},
-                             "n_languages": len(present)}
-    return groups
-
-
-#: Report groups of the language-ID probe (``regime=langid_probe``): ``langid`` over every probe
-#: language, ``langid:<group>`` per report group; lower is better.
-PROBE_GROUP = "langid"
 
 #: Where an ``overwrite=true`` rerun of a complete result runs until it completes (a dot-dir:
 #: ``xlt-report`` does not read it).
@@ -234,108 +217,57 @@ def check_same_data(cfg: DictConfig, record: dict[str, Any], run_dir: Path) -> N
 
 
 def _execute(cfg: DictConfig, run_dir: Path, record: dict[str, Any], t0: float, guard=None):
-    """The body of a run; fills ``record`` in place and returns the wandb logger (or None)."""
+    """The body of a run: load the benchmark, languages, model and method, then run the regime's
+    stages in order (:mod:`xlt_runner.stages`); fills ``record`` in place, returns the wandb logger."""
     import pytorch_lightning as pl
 
-    from xlt_runner.data import build_benchmark
+    from xlt_runner.data import build_benchmark, data_location
     from xlt_runner.data.languages import LanguageTable
-    from xlt_runner.methods import ClassificationTask, method_class
+    from xlt_runner.methods import method_class
     from xlt_runner.models import load_backbone
+    from xlt_runner.stages import STAGES, RunContext
+    from xlt_runner.tasks import TASK_KINDS
 
-    cache_dir = cfg.paths.cache_dir
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    benchmark = build_benchmark(cfg.benchmark, cache_dir)
+    benchmark = build_benchmark(cfg.benchmark, cfg.paths.cache_dir)
     record["data_fingerprint"] = benchmark.fingerprint()
     table = LanguageTable.for_benchmark(benchmark)
     available = benchmark.languages()
-    source, targets, members = table.select_run_languages(cfg.languages, available, benchmark.location)
-    if cfg.regime.name == "langid_probe":  # checked before training, used after it
-        probe_languages = table.resolve_in_data("regime.probe_languages", list(cfg.regime.probe_languages),
-                                                available, benchmark.location)
-    record.update(source_languages=source, target_languages=targets, group_members=members,
-                  regime=cfg.regime.name)
+    location = data_location(benchmark)
+    source, targets, members = table.select_run_languages(cfg.languages, available, location)
+    probe_languages = (table.resolve_in_data("regime.probe_languages", list(cfg.regime.probe_languages),
+                                             available, location)
+                       if "langid_probe" in cfg.regime.stages else [])  # checked before training
+    task_cls = TASK_KINDS.get(cfg.benchmark.task)
+    method_cls = method_class(cfg.method.family, cfg.benchmark.task)
+    record.update(source_languages=source, target_languages=targets, group_members=members, regime=cfg.regime.name,
+                  task=task_cls.name, metrics=[spec.to_dict() for spec in task_cls.metrics],
+                  primary_metric=task_cls.primary_metric, method_family=cfg.method.family)
 
-    method_cls = method_class(cfg.method.name)
-    method_cls.check_supported(cfg.benchmark.task, cfg.model.kind)
-    backbone = load_backbone(cfg.model, cache_dir)
-
-    def datamodule_for(src: list[str], tgt: list[str], steps: int):
-        from xlt_runner.data.classification import ClassificationDataModule
-        b = cfg.benchmark
-        return ClassificationDataModule(
-            benchmark, backbone.tokenizer, source_languages=src, target_languages=tgt,
-            max_length=cfg.model.max_length, text_prefix=cfg.model.text_prefix,
-            batch_size=b.batch_size, eval_batch_size=b.eval_batch_size,
-            num_training_batches=steps * cfg.trainer.accumulate_grad_batches, seed=cfg.seed, cache_dir=cache_dir,
-            train_split=b.train_split, dev_split=b.dev_split, test_split=b.test_split,
-            max_train_examples_per_language=b.max_train_examples_per_language,
-            max_eval_examples_per_language=b.max_eval_examples_per_language, num_workers=b.num_workers)
-
-    datamodule = datamodule_for(source, targets, cfg.trainer.max_steps)
-    task = ClassificationTask(labels=list(benchmark.labels), eval_languages=datamodule.eval_languages,
-                              source_languages=source)
-    method = method_cls(cfg.method, backbone, task, total_steps=cfg.trainer.max_steps)
-    record["pooling"] = method.pooling
+    backbone = load_backbone(cfg.model, cfg.paths.cache_dir)
+    task_kind = task_cls(cfg, benchmark, backbone)
+    datamodule = task_kind.datamodule(source, targets, cfg.trainer.max_steps)
+    method = method_cls(cfg.method, backbone, task_kind.method_task(datamodule, source), total_steps=cfg.trainer.max_steps)
+    record["pooling"] = getattr(method, "pooling", None)
     if cfg.method.init_from:
         method.load_trainable(cfg.method.init_from)
     record["params"] = method.parameter_counts()
     print(f"[xlt-run] {record['run_id']}: {cfg.method.name} on {cfg.model.name} ({backbone.source}); "
-          f"regime {cfg.regime.name}; {len(source)} source, {len(targets)} target languages; "
-          f"trainable {record['params']['trainable']:,} of {record['params']['total']:,} parameters")
+          f"regime {cfg.regime.name} ({' > '.join(cfg.regime.stages)}); {len(source)} source, {len(targets)} target "
+          f"languages; trainable {record['params']['trainable']:,} of {record['params']['total']:,} parameters")
 
     loggers, wandb_logger = build_loggers(cfg, run_dir, record)
     record["timings"]["setup_s"] = time.perf_counter() - t0
-
-    t_train = time.perf_counter()
-    trainer, best_path, record["best"], record["training"] = fit_stage(
-        cfg, method, datamodule, run_dir / "checkpoints", loggers, max_steps=cfg.trainer.max_steps,
-        val_check_interval=cfg.trainer.val_check_interval,
-        patience=Patience(cfg.trainer.early_stopping_patience, cfg.trainer.early_stopping_patience_epochs),
-        guard=guard, record=record)
-    record["timings"]["train_s"] = time.perf_counter() - t_train
-
-    t_test = time.perf_counter()
-    trainer.test(method, datamodule=datamodule, ckpt_path=best_path, verbose=False, weights_only=True)
-    per_language = dict(method.test_results)
-    if cfg.regime.name == "sequential":
-        record["zero_shot_per_language"] = per_language
-        per_language, record["target_phases"] = sequential_targets(cfg, method, datamodule_for, targets, run_dir)
-    per_language = {lang: per_language[lang] for lang in targets if lang in per_language}
-    missing = [lang for lang in targets if lang not in per_language]
-    if missing:
-        raise RuntimeError(f"no test results for {len(missing)} target languages, e.g. {missing[:5]}")
-    record["timings"]["test_s"] = time.perf_counter() - t_test
-    if datamodule.subsampled_ids:
-        from xlt_runner.data.classification import SUBSAMPLE_SEED
-        record["subsample"] = {"stratified_by": "label", "seed": SUBSAMPLE_SEED,
-                               "max_train_examples_per_language": cfg.benchmark.max_train_examples_per_language,
-                               "max_eval_examples_per_language": cfg.benchmark.max_eval_examples_per_language,
-                               "example_ids": datamodule.subsampled_ids}
-    record["per_language"] = per_language
-    record["groups"] = group_means(per_language, members)
-    if cfg.regime.name != "sequential":  # sequential results are supervised in every language
-        from xlt_runner.data.languages import withhold_groups_with_source_languages
-        record["groups"], record["groups_not_reported"] = withhold_groups_with_source_languages(
-            record["groups"], members, source)
-    if cfg.regime.name == "langid_probe":
-        from xlt_runner.probe import language_id_probe
-        record["probe"] = language_id_probe(method, benchmark, backbone.tokenizer, probe_languages, cfg)
-        # Table 4's cells: the mean per-language recall over each report group's probe languages
-        recall = {lang: {"accuracy": value} for lang, value in record["probe"]["per_language_recall"].items()}
-        probe_groups = group_means(recall, {group: table.resolve([group], probe_languages)
-                                            for group in cfg.languages.groups}, metrics=("accuracy",))
-        lower_is_better = {"macro_f1": None, "higher_is_better": False}
-        record["groups"][PROBE_GROUP] = {"accuracy": record["probe"]["accuracy"],
-                                         "n_languages": len(probe_languages), **lower_is_better}
-        for group in cfg.languages.groups:
-            scores = probe_groups.get(group)
-            if scores is not None:
-                record["groups"][f"{PROBE_GROUP}:{group}"] = {**scores, **lower_is_better}
-            else:
-                record["groups_not_reported"][f"{PROBE_GROUP}:{group}"] = (
-                    "none of its languages is among the probe languages (regime.probe_languages)")
-    if trainer.is_global_zero:
+    ctx = RunContext(cfg=cfg, run_dir=run_dir, record=record, guard=guard, task_kind=task_kind, table=table,
+                     source=source, targets=targets, members=members, datamodule=datamodule, method=method,
+                     loggers=loggers, probe_languages=probe_languages)
+    for stage in cfg.regime.stages:
+        STAGES[stage](ctx)
+    if ctx.trainer is None or ctx.trainer.is_global_zero:
         method.save_trainable(run_dir / "method_weights.safetensors")
+        if getattr(cfg.method, "export_pretrained", False):
+            method.export_pretrained(run_dir / "model")
+            record["outputs"]["model"] = "model"
     if wandb_logger is not None:
         log_wandb_results(wandb_logger, record)
     print_summary(record)
@@ -350,10 +282,11 @@ class Patience:
     epochs: float | None = None
 
 
-def fit_stage(cfg: DictConfig, method, datamodule, checkpoint_dir: Path, loggers: list, *, max_steps: int,
+def fit_stage(cfg: DictConfig, task_kind, method, datamodule, checkpoint_dir: Path, loggers: list, *, max_steps: int,
               val_check_interval: int, patience: Patience, guard=None, record: dict | None = None):
     """Train for ``max_steps``, validating every ``val_check_interval`` steps on the source dev
-    split; returns the trainer, the best checkpoint's path, ``{"step", "monitor", "mode", "score"}``
+    split; the dev metric that picks the best checkpoint and drives early stopping is
+    ``task_kind.monitor(cfg)``. Returns the trainer, the best checkpoint's path, ``{"step", "monitor", "mode", "score"}``
     and ``{"max_steps", "trained_steps", "stop_reason", "early_stopping"}`` (the rule as applied, or None).
 
     Raises :class:`IncompleteTrainingError` if training ended short of ``max_steps`` without
@@ -366,8 +299,9 @@ def fit_stage(cfg: DictConfig, method, datamodule, checkpoint_dir: Path, loggers
     from xlt_runner.resume import read_resume_checkpoint, resume_checkpoint_callback
 
     method.total_steps = max_steps
-    checkpoint = build_checkpoint_callback(checkpoint_dir, cfg.trainer.monitor)
-    callbacks = [checkpoint, *build_callbacks(cfg, method, max_steps, val_check_interval, patience)]
+    monitor, mode = task_kind.monitor(cfg)
+    checkpoint = build_checkpoint_callback(checkpoint_dir, monitor, mode)
+    callbacks = [checkpoint, *build_callbacks(cfg, method, monitor, mode, max_steps, val_check_interval, patience)]
     resume_from = None
     if guard is not None:
         run_id = record["run_id"] if record is not None else compute_run_id(cfg)
@@ -381,7 +315,8 @@ def fit_stage(cfg: DictConfig, method, datamodule, checkpoint_dir: Path, loggers
             if record is not None:
                 record["resumed_from_step"] = step
             print(f"[xlt-run] resuming from {resume_from} (step {step} of {max_steps})")
-    trainer = build_trainer(cfg, checkpoint_dir.parent, loggers, callbacks, max_steps, val_check_interval)
+    trainer = build_trainer(cfg, checkpoint_dir.parent, loggers, callbacks, max_steps, val_check_interval,
+                            manual_optimization=not method.automatic_optimization)
     if guard is not None:
         # The runner owns SIGTERM/SIGUSR1/SIGINT: Lightning's handlers would stop mid-validation
         # (SIGTERM) or write their own hpc checkpoint and requeue (SIGUSR1 under SLURM).
@@ -437,44 +372,13 @@ def training_outcome(trainer, callbacks: list, max_steps: int) -> dict[str, Any]
         "Relaunching resumes or restarts the run.")
 
 
-def sequential_targets(cfg: DictConfig, method, datamodule_for, targets: list[str], run_dir: Path) -> tuple[dict, dict]:
-    """Per target language: restart from the source-trained weights, tune on its train split,
-    keep the best on its dev split, test on its test split. Returns the per-language test results
-    and, per language, that phase's best checkpoint and training outcome (``best``, ``training``)."""
-    from xlt_runner.methods import ClassificationTask
-
-    source_state = {k: v.detach().clone() for k, v in method.trainable_state_dict().items()}
-    source_task = method.task
-    results: dict[str, dict] = {}
-    phases: dict[str, dict] = {}
-    r = cfg.regime
-    for i, lang in enumerate(targets):
-        print(f"[xlt-run] sequential {i + 1}/{len(targets)}: tuning on {lang}")
-        method.load_state_dict(source_state, strict=False)
-        dm = datamodule_for([lang], [lang], r.target_max_steps)
-        method.task = ClassificationTask(labels=source_task.labels, eval_languages=dm.eval_languages,
-                                         source_languages=[lang])
-        method.reset_metrics()
-        method.enter_target_phase()
-        method.warmup_ratio = r.target_warmup_ratio
-        trainer, best_path, best, training = fit_stage(
-            cfg, method, dm, run_dir / "targets" / lang, [], max_steps=r.target_max_steps,
-            val_check_interval=r.target_val_check_interval,
-            patience=Patience(r.target_early_stopping_patience, r.target_early_stopping_patience_epochs))
-        trainer.test(method, datamodule=dm, ckpt_path=best_path, verbose=False, weights_only=True)
-        results[lang] = method.test_results[lang]
-        phases[lang] = {"best": best, "training": training}
-        shutil.rmtree(run_dir / "targets" / lang / "checkpoints", ignore_errors=True)
-    method.load_state_dict(source_state, strict=False)
-    method.warmup_ratio = None
-    method.task = source_task
-    method.reset_metrics()
-    return results, phases
-
-
 # ------------------------------------------------------------------- Lightning parts
 def build_trainer(cfg: DictConfig, root_dir: Path, loggers: list, callbacks: list, max_steps: int,
-                  val_check_interval: int):
+                  val_check_interval: int, *, manual_optimization: bool):
+    """A trainer for one phase. Under manual optimisation (the method steps its own optimisers)
+    Lightning refuses ``gradient_clip_val`` and ``accumulate_grad_batches``: the method applies
+    ``trainer.gradient_clip_val`` and ``trainer.accumulate_grad_batches`` itself, and the trainer
+    gets neither."""
     import pytorch_lightning as pl
 
     t = cfg.trainer
@@ -483,7 +387,8 @@ def build_trainer(cfg: DictConfig, root_dir: Path, loggers: list, callbacks: lis
     return pl.Trainer(
         default_root_dir=str(root_dir), max_steps=max_steps, max_epochs=1,  # one epoch = the whole step budget
         val_check_interval=val_every, check_val_every_n_epoch=None, num_sanity_val_steps=0,
-        accumulate_grad_batches=accumulate, gradient_clip_val=t.gradient_clip_val, precision=t.precision,
+        accumulate_grad_batches=1 if manual_optimization else accumulate,
+        gradient_clip_val=None if manual_optimization else t.gradient_clip_val, precision=t.precision,
         accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
         use_distributed_sampler=False,  # the data module shards by rank without padding
         deterministic=t.deterministic, log_every_n_steps=t.log_every_n_steps,
@@ -491,21 +396,21 @@ def build_trainer(cfg: DictConfig, root_dir: Path, loggers: list, callbacks: lis
         logger=loggers or False, callbacks=callbacks)
 
 
-def build_checkpoint_callback(dirpath: Path, monitor: str):
-    """Keeps ``best.ckpt``: the best source-dev ``monitor`` (``trainer.monitor``) so far."""
+def build_checkpoint_callback(dirpath: Path, monitor: str, mode: str):
+    """Keeps ``best.ckpt``: the best source-dev ``monitor`` so far (``mode`` min or max); one file,
+    replaced when a validation improves on it."""
     from pytorch_lightning.callbacks import ModelCheckpoint
 
-    from xlt_runner.config import MONITORS
     return ModelCheckpoint(dirpath=str(dirpath), filename="best", monitor=monitor,
-                           mode=MONITORS[monitor], save_top_k=1, save_last=False, enable_version_counter=False,
+                           mode=mode, save_top_k=1, save_last=False, enable_version_counter=False,
                            auto_insert_metric_name=False)
 
 
-def build_callbacks(cfg: DictConfig, method, max_steps: int, val_check_interval: int, patience: Patience) -> list:
+def build_callbacks(cfg: DictConfig, method, monitor: str, mode: str, max_steps: int, val_check_interval: int,
+                    patience: Patience) -> list:
     from pytorch_lightning.callbacks import RichProgressBar
 
     from xlt_runner.callbacks import DelayedEarlyStopping
-    from xlt_runner.config import MONITORS
     from xlt_runner.methods.base import resolve_warmup
     callbacks: list = []
     if patience.evaluations or patience.epochs:
@@ -514,9 +419,8 @@ def build_callbacks(cfg: DictConfig, method, max_steps: int, val_check_interval:
         if cfg.trainer.early_stopping_after_first_cycle and optim.schedule == "cosine_restarts":
             warmup = resolve_warmup(optim, max_steps, method.warmup_ratio)
             start = warmup + (max_steps - warmup) // max(1, optim.num_cycles)
-        monitor = cfg.trainer.monitor
         callbacks.append(DelayedEarlyStopping(
-            start_step=start, monitor=monitor, mode=MONITORS[monitor], patience=patience.evaluations or 1,
+            start_step=start, monitor=monitor, mode=mode, patience=patience.evaluations or 1,
             patience_epochs=patience.epochs, val_check_steps=max(1, min(val_check_interval, max_steps))))
     if cfg.trainer.enable_progress_bar:
         callbacks.append(RichProgressBar(leave=True))
@@ -542,10 +446,12 @@ def build_loggers(cfg: DictConfig, run_dir: Path, record: dict[str, Any]) -> tup
 
 
 def log_wandb_results(wandb_logger, record: dict[str, Any]) -> None:
-    columns = ["language", "accuracy", "macro_f1", "n"]
-    data = [[lang, r["accuracy"], r["macro_f1"], r["n"]] for lang, r in record["per_language"].items()]
-    wandb_logger.log_table(key="per_language", columns=columns, data=data)
-    summary = {f"group/{g}/accuracy": v["accuracy"] for g, v in record["groups"].items()}
+    """Per-language table and group summary, every metric the record's specs name."""
+    metrics = [spec["name"] for spec in record["metrics"]]
+    per_language_metrics = [m for m in metrics if any(m in r for r in record["per_language"].values())]
+    data = [[lang, *[r.get(m) for m in per_language_metrics], r["n"]] for lang, r in record["per_language"].items()]
+    wandb_logger.log_table(key="per_language", columns=["language", *per_language_metrics, "n"], data=data)
+    summary = {f"group/{g}/{m}": v[m] for g, v in record["groups"].items() for m in metrics if m in v}
     summary.update({f"params/{k}": v for k, v in record["params"].items()})
     wandb_logger.experiment.summary.update(summary)
 
@@ -559,7 +465,15 @@ def _finish_wandb(wandb_logger, exit_code: int) -> None:
 
 
 def print_summary(record: dict[str, Any]) -> None:
-    parts = [f"{g} {v['accuracy'] * 100:.1f}{'' if v.get('higher_is_better', True) else ' (lower is better)'}"
-             for g, v in record["groups"].items()]
-    parts += [f"{g} n/r" for g in record.get("groups_not_reported", {})]
-    print(f"[xlt-run] {record['run_id']}: test accuracy by group (%): {', '.join(parts)}")
+    """One line per metric that groups carry: ``group value`` (×100 for percentages; ↓ = lower is better)."""
+    from xlt_runner.metrics.spec import MetricSpec
+    for spec in map(MetricSpec.from_dict, record["metrics"]):
+        parts = [f"{g} {spec.display(v[spec.name]):.1f}" if spec.percent else f"{g} {v[spec.name]:.4g}"
+                 for g, v in record["groups"].items() if spec.name in v]
+        if not parts:
+            continue
+        unit = " (%)" if spec.percent else ""
+        arrow = "" if spec.higher_is_better else " (lower is better)"
+        print(f"[xlt-run] {record['run_id']}: test {spec.name}{arrow} by group{unit}: {', '.join(parts)}")
+    if record.get("groups_not_reported"):
+        print(f"[xlt-run] {record['run_id']}: not reported: {', '.join(record['groups_not_reported'])}")

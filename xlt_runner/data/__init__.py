@@ -9,12 +9,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from xlt_runner.config import ConfigError
+from xlt_runner.registry import Registry
 
 if TYPE_CHECKING:
     from xlt_runner.config import BenchmarkConfig
 
-BENCHMARK_NAMES: tuple[str, ...] = ("sib200", "cldr_demo")
+#: ``benchmark.name`` -> reader class ``(cfg, cache_dir)``; each registers itself beside its
+#: schema (``@BENCHMARKS.register("sib200", BenchmarkConfig)``), which its yaml names first.
+BENCHMARKS: Registry = Registry("benchmark", "benchmark.name", ("xlt_runner.data",), group="benchmark")
 
 
 class BenchmarkDataError(RuntimeError):
@@ -27,6 +29,35 @@ class Example:
     label: int  # index into benchmark.labels
     lang: str  # language code, e.g. eng_Latn
     id: str  # stable within (lang, split), e.g. the upstream index_id
+
+
+@dataclass(frozen=True)
+class GenerationExample:
+    """One question of a generation benchmark. ``id`` is the question's id, the same for its
+    parallel versions in every language (splits are made on it, so no question leaks between
+    splits in any language); ``prompt`` is the question text (what fills ``{q}`` of a template);
+    ``references`` are every accepted answer in ``lang`` (at least one, none empty);
+    ``completion`` is the training target (by default the first reference)."""
+    id: str
+    lang: str
+    prompt: str
+    references: tuple[str, ...]
+    completion: str | None = None
+
+
+class GenerationBenchmark(Protocol):
+    name: str
+    task: str  # "generation"
+    location: str
+
+    def languages(self) -> list[str]:
+        """Codes available, sorted."""
+
+    def load(self, lang: str, split: str) -> list[GenerationExample]:
+        """Examples of one language and split, in a fixed order; raises BenchmarkDataError."""
+
+    def fingerprint(self) -> str:
+        """As :meth:`ClassificationBenchmark.fingerprint`."""
 
 
 class ClassificationBenchmark(Protocol):
@@ -46,13 +77,13 @@ class ClassificationBenchmark(Protocol):
         a Hub dataset, what the ``datasets`` library fingerprints (see the benchmark's own docstring)."""
 
 
-def build_benchmark(cfg: BenchmarkConfig, cache_dir: str) -> ClassificationBenchmark:
+def data_location(benchmark) -> str:
+    """Where ``benchmark``'s data are, for messages, with its ``language_note`` (why some
+    languages are not offered) when it has one."""
+    note = getattr(benchmark, "language_note", None)
+    return f"{benchmark.location}; {note}" if note else benchmark.location
+
+
+def build_benchmark(cfg: BenchmarkConfig, cache_dir: str):
     """The benchmark named ``cfg.name``; ``cache_dir`` is where generated data may be written."""
-    if cfg.name == "sib200":
-        from xlt_runner.data.tsv_benchmark import Sib200
-        return Sib200(cfg, cache_dir)
-    if cfg.name == "cldr_demo":
-        from xlt_runner.data.cldr_demo import CldrDemo
-        return CldrDemo(cfg, cache_dir)
-    raise ConfigError(f"unknown benchmark {cfg.name!r}; choose one of {', '.join(BENCHMARK_NAMES)} "
-                      f"(override: benchmark=sib200)")
+    return BENCHMARKS.get(cfg.name)(cfg, cache_dir)

@@ -42,26 +42,22 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import os
 import random
-import shutil
-import tempfile
 import time
 import zlib
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 import babel
 from babel import Locale, localedata
 from babel.core import get_global
 
-from xlt_runner.data import BenchmarkDataError, Example
+from xlt_runner.config import BenchmarkConfig
+from xlt_runner.data import BENCHMARKS, BenchmarkDataError, Example
 from xlt_runner.data.languages import LanguageTable
 from xlt_runner.data.tsv_benchmark import TsvClassificationBenchmark
-
-if TYPE_CHECKING:
-    from xlt_runner.config import BenchmarkConfig
+from xlt_runner.fileio import publish_dir
 
 LABELS = ["territory", "language", "currency", "script", "month", "weekday", "unit"]
 SPLIT_FRACTIONS = {"train": 0.60, "dev": 0.15, "test": 0.25}
@@ -443,27 +439,27 @@ def ensure_generated(cache_dir: str | Path, min_locales: int = 100, terms_per_cl
                      seed: int = 0) -> Path:
     """Directory ``<cache_dir>/cldr_demo/<key>/`` holding the dataset, generated once.
 
-    Generation writes into a temporary sibling directory that is renamed into place,
-    so the directory either is complete or does not exist; when two processes race,
-    the first rename wins and the other copy is discarded.
+    Generation writes into a temporary sibling directory that is renamed into place
+    (:func:`xlt_runner.fileio.publish_dir`), so the directory either is complete or does not
+    exist; when two processes race, the first rename wins and the other copy is discarded.
     """
     final_dir = Path(cache_dir).expanduser() / "cldr_demo" / dataset_key(min_locales, terms_per_class, seed)
-    if final_dir.is_dir():
-        return final_dir
-    final_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}-", dir=final_dir.parent))
-    try:
-        generate(tmp_dir, min_locales=min_locales, terms_per_class=terms_per_class, seed=seed)
-        os.rename(tmp_dir, final_dir)
-    except OSError:
-        if not final_dir.is_dir():
-            raise
-    finally:
-        if tmp_dir.exists():
-            shutil.rmtree(tmp_dir, ignore_errors=True)
+    if not final_dir.is_dir():
+        with publish_dir(final_dir) as tmp_dir:
+            generate(tmp_dir, min_locales=min_locales, terms_per_class=terms_per_class, seed=seed)
     return final_dir
 
 
+@dataclass
+class CldrDemoConfig(BenchmarkConfig):
+    """The demo benchmark's generation: locales with at least ``min_locales`` of a class's
+    terms, ``terms_per_class`` terms per class, drawn with ``generator_seed``."""
+    min_locales: int = 100
+    terms_per_class: int = 30
+    generator_seed: int = 0
+
+
+@BENCHMARKS.register("cldr_demo", CldrDemoConfig)
 class CldrDemo:
     """The demo benchmark (:func:`generate`), generated into the cache on first use.
 
@@ -473,7 +469,7 @@ class CldrDemo:
     ``cfg.data_dir``, when set, names an already generated directory to read instead.
     """
 
-    def __init__(self, cfg: BenchmarkConfig, cache_dir: str):
+    def __init__(self, cfg: CldrDemoConfig, cache_dir: str):
         if cfg.data_dir:
             self.root = Path(cfg.data_dir).expanduser()
         else:

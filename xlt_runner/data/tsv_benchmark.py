@@ -15,13 +15,10 @@ import csv
 import difflib
 import hashlib
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import Iterator
 
-from xlt_runner.config import ConfigError
-from xlt_runner.data import BenchmarkDataError, Example
-
-if TYPE_CHECKING:
-    from xlt_runner.config import BenchmarkConfig
+from xlt_runner.config import BenchmarkConfig, ConfigError
+from xlt_runner.data import BENCHMARKS, BenchmarkDataError, Example
 
 SPLITS = ("train", "dev", "test")
 SPLIT_ALIASES = {"validation": "dev"}  # Hub split name -> file split name
@@ -208,6 +205,7 @@ class TsvClassificationBenchmark:
                 f"but the benchmark's labels (in order) are {self.labels}; fix the file or remove that language")
 
 
+@BENCHMARKS.register("sib200", BenchmarkConfig)
 class Sib200:
     """SIB-200 topic classification (7 labels, 205 language-script codes).
 
@@ -217,6 +215,12 @@ class Sib200:
     columns index_id, category, text) through ``datasets.load_dataset`` and its usual
     cache (``HF_DATASETS_CACHE``; set ``HF_HUB_OFFLINE=1`` to use a cached copy offline).
     """
+
+    @staticmethod
+    def language_table():
+        """SIB-200's language table (known without reading data: the preflight checks codes against it)."""
+        from xlt_runner.data.languages import LanguageTable
+        return LanguageTable.default()
 
     def __init__(self, cfg: BenchmarkConfig, cache_dir: str):
         self.name = "sib200"
@@ -229,6 +233,13 @@ class Sib200:
         self.location = self._local.location if self._local is not None else f"Hub dataset {cfg.hub_id!r}"
         self._hub_examples: dict[tuple[str, str], list[Example]] = {}
         self._hub_fingerprint: str | None = None
+
+    @staticmethod
+    def reference_rows(block, groups, metric, paper_results=None):
+        """``xlt-report``'s published reference rows for a SIB-200 comparison block (SIB-200 and
+        XPE papers, accuracy only): :func:`xlt_runner.data.sib200_references.reference_rows`."""
+        from xlt_runner.data.sib200_references import reference_rows
+        return reference_rows(block, groups, metric, paper_results)
 
     def languages(self) -> list[str]:
         """Local: the language directories present. Hub: the 205 codes of the language table."""

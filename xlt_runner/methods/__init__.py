@@ -1,34 +1,28 @@
-"""Method registry: ``method.name`` → LightningModule class.
+"""Methods: ``method.family`` -> LightningModule class.
 
-To add a method: write a module here with a ``ClassificationMethod`` (or another
-family's base) subclass, a config dataclass registered with
-``xlt_runner.config.register_method_schema``, a ``conf/method/<name>.yaml`` whose
-defaults list starts with ``<name>_schema``, and an entry in ``METHODS``.
+A method registers itself beside its config schema::
+
+    @METHODS.register("spt", SptConfig)
+    class SoftPromptTuning(ClassificationMethod): ...
+
+and ``conf/method/<name>.yaml`` starts with ``defaults: [<family>_schema]`` (or with another
+method's yaml, for a preset such as ``dual_xpe30``: same family, its own ``name``). Every
+module of this package is imported on first lookup, so nothing else lists the method.
 """
 from __future__ import annotations
 
-from xlt_runner.config import ConfigError
-from xlt_runner.methods.base import ClassificationMethod, ClassificationTask, NonFiniteValueError
-from xlt_runner.methods.finetune import FullFineTuning, HeadOnly, Lora
-from xlt_runner.methods.soft_prompt import CrossPromptEncoder, DualPrompt, SoftPromptTuning
+from xlt_runner.registry import Registry
 
-METHODS: dict[str, type[ClassificationMethod]] = {
-    HeadOnly.name: HeadOnly,
-    FullFineTuning.name: FullFineTuning,
-    Lora.name: Lora,
-    SoftPromptTuning.name: SoftPromptTuning,
-    CrossPromptEncoder.name: CrossPromptEncoder,
-    DualPrompt.name: DualPrompt,
-    "dual_xpe30": DualPrompt,  # presets of dual with their own name in records
-    "dual_xpe70": DualPrompt,
-}
+METHODS: Registry = Registry("method", "method.family", ("xlt_runner.methods",), group="method", name_attribute="name")
 
 
-def method_class(name: str) -> type[ClassificationMethod]:
-    try:
-        return METHODS[name]
-    except KeyError:
-        raise ConfigError(f"unknown method {name!r}; valid choices: {sorted(METHODS)}") from None
+def method_class(family: str, task_kind: str):
+    """The class that runs ``method.family`` on ``task_kind`` benchmarks (a family may register a
+    variant per task kind: ``lora`` for classification, ``lora:generation`` for decoders);
+    ConfigError names the choices."""
+    return METHODS.variant(family, task_kind)
 
+
+from xlt_runner.methods.base import ClassificationMethod, ClassificationTask, NonFiniteValueError  # noqa: E402
 
 __all__ = ["METHODS", "method_class", "ClassificationMethod", "ClassificationTask", "NonFiniteValueError"]

@@ -24,7 +24,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from xlt_runner.config import MODEL_POOLINGS, ConfigError, MethodConfig, OptimConfig
+from xlt_runner.config import MODEL_POOLINGS, ClassificationMethodConfig, ConfigError, MethodConfig, OptimConfig
 from xlt_runner.metrics import PerLanguageClassification
 from xlt_runner.models import Backbone, count_parameters
 
@@ -105,54 +105,49 @@ def lr_lambda(cfg: OptimConfig, total_steps: int, warmup: int):
     return factor
 
 
-class ClassificationMethod(pl.LightningModule):
-    """Backbone + pooled representation + XLM-R-style head, trained with cross-entropy.
+def unshared(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` on the CPU with each storage once (tied weights, e.g. a decoder's input embedding
+    and ``lm_head``, are kept under their first name; loading either name restores both)."""
+    seen: set[tuple[int, int]] = set()
+    out = {}
+    for key, value in state.items():
+        ident = (value.untyped_storage().data_ptr(), value.storage_offset())
+        if ident in seen:
+            continue
+        seen.add(ident)
+        out[key] = value.detach().cpu().contiguous()
+    return out
 
-    Subclasses set ``name`` and may override ``configure_trainable``, ``encode`` and
-    ``parameter_groups``. ``test_results`` holds per-language metrics after a test run.
+
+class MethodBase(pl.LightningModule):
+    """What every method shares, whatever its task kind: the support checks the preflight runs,
+    which parameters train, the optimiser and schedule, and checkpoints of trainable weights only.
+
+    Subclasses set ``supported_tasks`` / ``supported_model_kinds``, may set ``trains = False``
+    (the fit stage is skipped), and hold ``cfg`` (the method config), ``total_steps`` and
+    ``warmup_ratio`` (a phase's override of ``method.optim``'s warmup).
     """
 
-    name: ClassVar[str] = "classification"
-    supported_tasks: ClassVar[tuple[str, ...]] = ("classification",)
-    supported_model_kinds: ClassVar[tuple[str, ...]] = ("encoder",)
-    config_class: ClassVar[type[MethodConfig]] = MethodConfig
-    poolings: ClassVar[tuple[str, ...]] = MODEL_POOLINGS  # what method.pool may name besides "model"
-
-    def __init__(self, cfg: MethodConfig, backbone: Backbone, task: ClassificationTask, total_steps: int) -> None:
-        super().__init__()
-        self.cfg = cfg
-        self.task = task
-        self.total_steps = total_steps
-        self.backbone_name = backbone.name
-        self.backbone = backbone.model
-        self.check_pool(cfg.pool)
-        self.pooling = backbone.pooling if cfg.pool == "model" else cfg.pool
-        self.warmup_ratio: float | None = None  # set for a phase (regime.target_warmup_ratio); else method.optim's
-        self.head = ClassificationHead(backbone.hidden_size, len(task.labels), cfg.classifier_dropout)
-        self.configure_trainable()
-        self.backbone_frozen = not any(p.requires_grad for p in self.backbone.parameters())
-        self.reset_metrics()
-        self._nonfinite_rows: torch.Tensor | int = 0  # rows with non-finite logits in the current stage
-        self.test_results: dict[str, dict[str, float]] = {}
-        self.strict_loading = False  # checkpoints omit frozen parameters
+    name: ClassVar[str] = "method"  # set by METHODS.register to the family
+    supported_tasks: ClassVar[tuple[str, ...]] = ()
+    supported_model_kinds: ClassVar[tuple[str, ...]] = ()
+    trains: ClassVar[bool] = True  # False: the fit stage is skipped (the model is tested as loaded)
+    backbone_name: str
 
     # ------------------------------------------------------------ construction
     @classmethod
     def check_supported(cls, task_kind: str, model_kind: str) -> None:
         if task_kind not in cls.supported_tasks:
-            raise ConfigError(f"method={cls.name} supports benchmark tasks {list(cls.supported_tasks)}, "
-                              f"not {task_kind!r}")
+            raise ConfigError(f"method={cls.name} runs {' and '.join(cls.supported_tasks)} benchmarks, not {task_kind} "
+                              f"ones (benchmark.task); choose another method= or benchmark=")
         if model_kind not in cls.supported_model_kinds:
             raise ConfigError(f"method={cls.name} supports model kinds {list(cls.supported_model_kinds)}, "
                               f"not {model_kind!r}; choose another model=")
 
     @classmethod
-    def check_pool(cls, pool: str) -> None:
-        """Fail fast (``config.validate``, and again at construction) on a ``method.pool`` this
-        method cannot read; ``pool`` is ``model`` or one of :attr:`poolings`."""
-        if pool != "model" and pool not in cls.poolings:
-            raise ConfigError(f"method.pool={pool!r} is not valid for method={cls.name}; choose model "
-                              f"(the backbone's model.pooling) or one of: {', '.join(cls.poolings)}")
+    def check_method_config(cls, cfg: MethodConfig) -> None:
+        """Fail fast (in the preflight, and again at construction) on method settings this
+        method cannot use; raises ConfigError naming the key."""
 
     def configure_trainable(self) -> None:
         """Set ``requires_grad``; the default trains backbone and head."""
@@ -166,6 +161,116 @@ class ClassificationMethod(pl.LightningModule):
         return [{"params": decay, "weight_decay": self.cfg.optim.weight_decay},
                 {"params": no_decay, "weight_decay": 0.0}]
 
+    def enter_target_phase(self) -> None:
+        """Called before tuning on one target language (``regime=sequential``); default: nothing."""
+
+    def parameter_counts(self) -> dict[str, int]:
+        trainable, total = count_parameters(self)
+        return {"trainable": trainable, "total": total}
+
+    def configure_optimizers(self):
+        optimizer = build_optimizer(self.parameter_groups(), self.cfg.optim)
+        warmup = resolve_warmup(self.cfg.optim, self.total_steps, self.warmup_ratio)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(self.cfg.optim, self.total_steps, warmup))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # -------------------------------------------------------------- checkpoints
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """State of every parameter that trains (and every buffer outside the backbone)."""
+        trainable = {name for name, p in self.named_parameters() if p.requires_grad}
+        return {k: v for k, v in self.state_dict().items()
+                if k in trainable or not k.startswith("backbone.")}
+
+    def reset_metrics(self) -> None:
+        """(Re)build the metrics for ``self.task`` (after a phase changes it)."""
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        keep = self.trainable_state_dict().keys()
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        missing = set(self.trainable_state_dict()) - set(checkpoint["state_dict"])
+        if missing:
+            raise RuntimeError(f"checkpoint lacks trainable parameters {sorted(missing)[:5]}...; "
+                               "it was written by another method or model")
+
+    def save_trainable(self, path: str | os.PathLike) -> None:
+        """Write trainable weights as safetensors (loadable with ``method.init_from=PATH``), atomically."""
+        from safetensors.torch import save_file
+
+        from xlt_runner.fileio import atomic_path
+        with atomic_path(path) as tmp:
+            save_file(unshared(self.trainable_state_dict()), str(tmp),
+                      metadata={"method": self.name, "backbone": self.backbone_name, **self.representation()})
+
+    def representation(self) -> dict[str, str]:
+        """Settings the saved weights only make sense with (saved with them; loading checks them)."""
+        return {}
+
+    def load_trainable(self, path: str) -> None:
+        """Load weights written by :meth:`save_trainable`; every trainable tensor must be present."""
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+        with safe_open(path, "pt") as f:
+            meta = f.metadata() or {}
+        if meta.get("method") not in (None, self.name):
+            raise ConfigError(f"method.init_from={path} holds weights of method {meta.get('method')!r}, "
+                              f"not {self.name!r}")
+        for key, current in self.representation().items():
+            if meta.get(key) not in (None, current):
+                raise ConfigError(f"method.init_from={path} was trained with {key}={meta[key]!r}, but this run has "
+                                  f"{key}={current!r}: its head would read another representation. Set "
+                                  f"method.{key}={meta[key]} (see model.pooling for pool=model)")
+        state = load_file(path)
+        expected = unshared(self.trainable_state_dict())
+        missing = sorted(set(expected) - set(state))
+        if missing:
+            raise ConfigError(f"method.init_from={path} lacks {missing[:5]}")
+        for k, v in state.items():
+            if k in expected and expected[k].shape != v.shape:
+                raise ConfigError(f"method.init_from={path}: {k} has shape {tuple(v.shape)}, "
+                                  f"expected {tuple(expected[k].shape)} (another backbone?)")
+        self.load_state_dict(state, strict=False)
+
+
+class ClassificationMethod(MethodBase):
+    """Backbone + pooled representation + XLM-R-style head, trained with cross-entropy.
+
+    Subclasses set ``name`` and may override ``configure_trainable``, ``encode`` and
+    ``parameter_groups``. ``test_results`` holds per-language metrics after a test run.
+    """
+
+    name: ClassVar[str] = "classification"  # set by METHODS.register to the family
+    supported_tasks: ClassVar[tuple[str, ...]] = ("classification",)
+    supported_model_kinds: ClassVar[tuple[str, ...]] = ("encoder",)
+    poolings: ClassVar[tuple[str, ...]] = MODEL_POOLINGS  # what method.pool may name besides "model"
+
+    def __init__(self, cfg: ClassificationMethodConfig, backbone: Backbone, task: ClassificationTask,
+                 total_steps: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.task = task
+        self.total_steps = total_steps
+        self.backbone_name = backbone.name
+        self.backbone = backbone.model
+        self.check_method_config(cfg)
+        self.pooling = backbone.pooling if cfg.pool == "model" else cfg.pool
+        self.warmup_ratio: float | None = None  # set for a phase (regime.target_warmup_ratio); else method.optim's
+        self.head = ClassificationHead(backbone.hidden_size, len(task.labels), cfg.classifier_dropout)
+        self.configure_trainable()
+        self.backbone_frozen = not any(p.requires_grad for p in self.backbone.parameters())
+        self.reset_metrics()
+        self._nonfinite_rows: torch.Tensor | int = 0  # rows with non-finite logits in the current stage
+        self.test_results: dict[str, dict[str, float]] = {}
+        self.strict_loading = False  # checkpoints omit frozen parameters
+
+    @classmethod
+    def check_method_config(cls, cfg: ClassificationMethodConfig) -> None:
+        """``method.pool``: ``model`` or one of :attr:`poolings`."""
+        if cfg.pool != "model" and cfg.pool not in cls.poolings:
+            raise ConfigError(f"method.pool={cfg.pool!r} is not valid for method={cls.name}; choose model "
+                              f"(the backbone's model.pooling) or one of: {', '.join(cls.poolings)}")
+
     def reset_metrics(self) -> None:
         """(Re)build the per-language metrics for ``self.task``'s evaluation languages."""
         n_eval, n_labels = len(self.task.eval_languages), len(self.task.labels)
@@ -174,12 +279,9 @@ class ClassificationMethod(pl.LightningModule):
         self.test_metric = PerLanguageClassification(n_eval, n_labels).to(device)
         self._source_index = torch.tensor([self.task.eval_languages.index(l) for l in self.task.source_languages])
 
-    def enter_target_phase(self) -> None:
-        """Called before tuning on one target language (``regime=sequential``); default: nothing."""
-
-    def parameter_counts(self) -> dict[str, int]:
-        trainable, total = count_parameters(self)
-        return {"trainable": trainable, "total": total}
+    def representation(self) -> dict[str, str]:
+        """How the head's input is read (saved with the weights; loading checks it): the pooling."""
+        return {"pool": self.pooling}
 
     # ------------------------------------------------------------------ forward
     def train(self, mode: bool = True):
@@ -211,12 +313,6 @@ class ClassificationMethod(pl.LightningModule):
                 "lower method.optim.lr, enable trainer.gradient_clip_val, or use trainer.precision=32-true")
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["labels"]))
         return loss
-
-    def configure_optimizers(self):
-        optimizer = build_optimizer(self.parameter_groups(), self.cfg.optim)
-        warmup = resolve_warmup(self.cfg.optim, self.total_steps, self.warmup_ratio)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(self.cfg.optim, self.total_steps, warmup))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # --------------------------------------------------------------- evaluation
     def _eval_update(self, metric: PerLanguageClassification, batch: dict[str, torch.Tensor]) -> None:
@@ -267,57 +363,3 @@ class ClassificationMethod(pl.LightningModule):
         if results:
             self.log("test/accuracy", float(np.mean([r["accuracy"] for r in results.values()])), sync_dist=False)
 
-    # -------------------------------------------------------------- checkpoints
-    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        """State of every parameter that trains (and every buffer outside the backbone)."""
-        trainable = {name for name, p in self.named_parameters() if p.requires_grad}
-        return {k: v for k, v in self.state_dict().items()
-                if k in trainable or not k.startswith("backbone.")}
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        keep = self.trainable_state_dict().keys()
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        missing = set(self.trainable_state_dict()) - set(checkpoint["state_dict"])
-        if missing:
-            raise RuntimeError(f"checkpoint lacks trainable parameters {sorted(missing)[:5]}...; "
-                               "it was written by another method or model")
-
-    def save_trainable(self, path: str | os.PathLike) -> None:
-        """Write trainable weights as safetensors (loadable with ``method.init_from=PATH``), atomically."""
-        from safetensors.torch import save_file
-
-        from xlt_runner.results.record import atomic_path
-        with atomic_path(path) as tmp:
-            save_file({k: v.detach().cpu().contiguous() for k, v in self.trainable_state_dict().items()}, str(tmp),
-                      metadata={"method": self.name, "backbone": self.backbone_name, **self.representation()})
-
-    def representation(self) -> dict[str, str]:
-        """How the head's input is read (saved with the weights; loading checks it): the pooling."""
-        return {"pool": self.pooling}
-
-    def load_trainable(self, path: str) -> None:
-        """Load weights written by :meth:`save_trainable`; every trainable tensor must be present."""
-        from safetensors import safe_open
-        from safetensors.torch import load_file
-        with safe_open(path, "pt") as f:
-            meta = f.metadata() or {}
-        if meta.get("method") not in (None, self.name):
-            raise ConfigError(f"method.init_from={path} holds weights of method {meta.get('method')!r}, "
-                              f"not {self.name!r}")
-        for key, current in self.representation().items():
-            if meta.get(key) not in (None, current):
-                raise ConfigError(f"method.init_from={path} was trained with {key}={meta[key]!r}, but this run has "
-                                  f"{key}={current!r}: its head would read another representation. Set "
-                                  f"method.{key}={meta[key]} (see model.pooling for pool=model)")
-        state = load_file(path)
-        expected = self.trainable_state_dict()
-        missing = sorted(set(expected) - set(state))
-        if missing:
-            raise ConfigError(f"method.init_from={path} lacks {missing[:5]}")
-        for k, v in state.items():
-            if k in expected and expected[k].shape != v.shape:
-                raise ConfigError(f"method.init_from={path}: {k} has shape {tuple(v.shape)}, "
-                                  f"expected {tuple(expected[k].shape)} (another backbone?)")
-        self.load_state_dict(state, strict=False)

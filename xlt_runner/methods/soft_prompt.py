@@ -50,7 +50,8 @@ from typing import Any, ClassVar, Optional
 import torch
 from torch import nn
 
-from xlt_runner.config import ConfigError, MethodConfig, register_method_schema
+from xlt_runner.config import ClassificationMethodConfig, ConfigError
+from xlt_runner.methods import METHODS
 from xlt_runner.methods.base import ClassificationMethod, ClassificationTask, masked_mean
 from xlt_runner.models import Backbone
 
@@ -63,7 +64,7 @@ FINAL_PROMPT_KEY = "prompt.final"
 
 # ------------------------------------------------------------------------- configs
 @dataclass
-class SoftPromptConfig(MethodConfig):
+class SoftPromptConfig(ClassificationMethodConfig):
     """Fields shared by every soft-prompt method. ``optim.lr`` / ``optim.weight_decay``
     apply to the head and (XPE) the prompt encoder; the pseudo prompt has its own rate
     (``pseudo_prompt_lr``) unless that is null."""
@@ -75,6 +76,7 @@ class SoftPromptConfig(MethodConfig):
 class SptConfig(SoftPromptConfig):
     """SPT: free prompt embeddings with their own learning rate and weight decay."""
     name: str = "spt"
+    family: str = "spt"
     init: str = "random"  # random (normal, init_std) | vocab (sampled vocabulary embeddings) | text
     init_text: Optional[str] = None  # for init=text: its token embeddings, repeated to T tokens
     init_std: float = 1.0  # std of the random init (1.0 = torch.nn.Embedding's, as in PEFT)
@@ -86,6 +88,7 @@ class SptConfig(SoftPromptConfig):
 class XpeConfig(SoftPromptConfig):
     """XPE: pseudo prompt -> shared MLP encoder -> soft prompt."""
     name: str = "xpe"
+    family: str = "xpe"
     encoder_hidden_size: int = 256
     encoder_num_layers: int = 3  # Linear layers; 3 = d -> h -> h -> d
     encoder_activation: str = "relu"  # relu | gelu | tanh | silu
@@ -100,11 +103,8 @@ class XpeConfig(SoftPromptConfig):
 class DualConfig(XpeConfig, SptConfig):
     """DUAL: SPT tokens first, then ``n_xpe`` XPE tokens, within one budget T."""
     name: str = "dual"
+    family: str = "dual"
     xpe_ratio: float = 0.7  # share of T given to XPE
-
-
-for _name, _schema in (("spt", SptConfig), ("xpe", XpeConfig), ("dual", DualConfig)):
-    register_method_schema(_name, _schema)
 
 
 def xpe_token_count(total: int, xpe_ratio: float) -> int:
@@ -197,14 +197,10 @@ class SoftPromptMethod(ClassificationMethod):
     and none on biases.
     """
 
-    config_class: ClassVar[type[MethodConfig]] = SoftPromptConfig
     poolings: ClassVar[tuple[str, ...]] = SOFT_PROMPT_POOLINGS
 
     def __init__(self, cfg: SoftPromptConfig, backbone: Backbone, task: ClassificationTask, total_steps: int) -> None:
         super().__init__(cfg, backbone, task, total_steps)
-        _choice("prompt_position", cfg.prompt_position, PROMPT_POSITIONS)
-        if cfg.prompt_length < 1:
-            raise ConfigError(f"method.prompt_length={cfg.prompt_length} must be at least 1")
         self.special_token_ids = torch.tensor(sorted(backbone.tokenizer.all_special_ids), dtype=torch.long)
         self.max_positions = usable_positions(self.backbone)
         if self.max_positions is not None and self.max_positions - cfg.prompt_length < 2:
@@ -214,6 +210,15 @@ class SoftPromptMethod(ClassificationMethod):
         self.prompt = self.build_prompt(backbone)
         if self.prompt.length != cfg.prompt_length:
             raise AssertionError(f"prompt has {self.prompt.length} tokens, expected {cfg.prompt_length}")
+
+    @classmethod
+    def check_method_config(cls, cfg: SoftPromptConfig) -> None:
+        super().check_method_config(cfg)
+        _choice("prompt_position", cfg.prompt_position, PROMPT_POSITIONS)
+        if cfg.prompt_length < 1:
+            raise ConfigError(f"method.prompt_length={cfg.prompt_length} must be at least 1")
+        if getattr(cfg, "init", None) is not None:
+            _choice("init", cfg.init, SPT_INITS)
 
     def configure_trainable(self) -> None:
         self.backbone.requires_grad_(False)
@@ -316,7 +321,7 @@ class SoftPromptMethod(ClassificationMethod):
         """Trainable tensors plus ``prompt.final``, the prompt matrix, as safetensors."""
         from safetensors.torch import save_file
 
-        from xlt_runner.results.record import atomic_path
+        from xlt_runner.fileio import atomic_path
         state = {k: v.detach().cpu().contiguous() for k, v in self.trainable_state_dict().items()}
         state[FINAL_PROMPT_KEY] = self.final_prompt().float().cpu().contiguous()
         with atomic_path(path) as tmp:
@@ -350,19 +355,17 @@ def usable_positions(model: nn.Module) -> int | None:
     return limit - (padding_idx + 1 if padding_idx is not None else 0)
 
 
+@METHODS.register("spt", SptConfig)
 class SoftPromptTuning(SoftPromptMethod):
     """SPT: ``prompt_length`` free embeddings."""
-    name = "spt"
-    config_class = SptConfig
 
     def build_prompt(self, backbone: Backbone) -> SoftPrompt:
         return SoftPrompt(self._spt_init(self.cfg, self.cfg.prompt_length, backbone), None, None)
 
 
+@METHODS.register("xpe", XpeConfig)
 class CrossPromptEncoder(SoftPromptMethod):
     """XPE: the whole prompt comes from the shared prompt encoder."""
-    name = "xpe"
-    config_class = XpeConfig
 
     def xpe_length(self) -> int:
         return self.cfg.prompt_length
@@ -384,16 +387,19 @@ class CrossPromptEncoder(SoftPromptMethod):
                 module.p = 0.0
 
 
+@METHODS.register("dual", DualConfig)
 class DualPrompt(CrossPromptEncoder):
     """DUAL: ``T - n_xpe`` SPT tokens, then ``n_xpe`` XPE tokens."""
-    name = "dual"
-    config_class = DualConfig
+
+    @classmethod
+    def check_method_config(cls, cfg: DualConfig) -> None:
+        super().check_method_config(cfg)
+        if cfg.prompt_length < 2:
+            raise ConfigError(f"method=dual needs method.prompt_length >= 2 (one SPT and one XPE token), "
+                              f"not {cfg.prompt_length}")
+        if not 0.0 < cfg.xpe_ratio < 1.0:
+            raise ConfigError(f"method.xpe_ratio={cfg.xpe_ratio} must be between 0 and 1 (exclusive); "
+                              "use method=spt or method=xpe for all-SPT or all-XPE prompts")
 
     def xpe_length(self) -> int:
-        if self.cfg.prompt_length < 2:
-            raise ConfigError(f"method=dual needs method.prompt_length >= 2 (one SPT and one XPE token), "
-                              f"not {self.cfg.prompt_length}")
-        if not 0.0 < self.cfg.xpe_ratio < 1.0:
-            raise ConfigError(f"method.xpe_ratio={self.cfg.xpe_ratio} must be between 0 and 1 (exclusive); "
-                              "use method=spt or method=xpe for all-SPT or all-XPE prompts")
         return xpe_token_count(self.cfg.prompt_length, self.cfg.xpe_ratio)

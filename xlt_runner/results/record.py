@@ -1,12 +1,12 @@
 """The run record: ``<run_dir>/results.json`` and its per-language CSV companion.
 
 A record is written at the start of a run (``status="running"``), and rewritten when the
-run ends (``"complete"`` or ``"failed"``). Every write is atomic (:func:`atomic_path`:
-temporary file in the same directory, fsync, ``os.replace``), so a reader never sees half a
-file and a crash leaves either the old record or the new one. Files get the permissions the
-process umask allows (``0o666 & ~umask``, e.g. 0644 under umask 022), like ``open()``, so a
-group sharing an output directory can read them. Only ``"complete"`` records count as
-results; see SPEC "helper C" for the schema.
+run ends (``"complete"`` or ``"failed"``). Every write is atomic (:mod:`xlt_runner.fileio`,
+whose writers this module re-exports: temporary file in the same directory, fsync,
+``os.replace``), so a reader never sees half a file and a crash leaves either the old record
+or the new one. Files get the permissions the process umask allows (``0o666 & ~umask``, e.g.
+0644 under umask 022), like ``open()``, so a group sharing an output directory can read them.
+Only ``"complete"`` records count as results; see SPEC "helper C" for the schema.
 """
 from __future__ import annotations
 
@@ -15,14 +15,12 @@ import io
 import json
 import os
 import platform
-import secrets
 import subprocess
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+
+from xlt_runner.fileio import write_text_atomic
 
 RESULTS_FILE = "results.json"
 PER_LANGUAGE_FILE = "per_language.csv"
@@ -40,59 +38,6 @@ RECORDED_DISTRIBUTIONS = {
     "wandb": "wandb",
     "xlt_runner": "xlt_runner",
 }
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-@contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to ``path`` for the caller to write; on a clean exit, fsync
-    it, ``os.replace`` it onto ``path`` and fsync the directory; on an exception, delete it and
-    leave ``path`` as it was.
-
-    The temporary file exists (empty) when yielded, named ``.<name>.<random>.tmp<suffix>``
-    (same suffix, for writers that infer the format from it). It is created like ``open()``
-    creates files (mode ``0o666`` minus the umask, applied by the kernel: no process-wide
-    umask change, so it is thread-safe); writers that truncate or recreate it keep that.
-    Creates ``path``'s parent directories.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    while True:
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp{path.suffix}")
-        try:
-            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-            break
-        except FileExistsError:
-            continue
-    try:
-        yield tmp
-        _fsync(tmp)
-        os.replace(tmp, path)
-        _fsync(path.parent)  # the rename itself survives a node failure
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` (UTF-8, newlines as given) to ``path`` atomically (see :func:`atomic_path`)."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8", newline="")
-
-
-def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
-    """Write ``data`` as indented JSON to ``path`` atomically (see :func:`write_text_atomic`).
-
-    Values JSON cannot represent (paths, numpy scalars, ...) are written as their ``str``.
-    """
-    write_text_atomic(path, json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
 
 
 class UnreadableRecord(Exception):
@@ -152,17 +97,22 @@ def is_complete(run_dir: str | os.PathLike) -> bool:
 def write_per_language_csv(run_dir: str | os.PathLike, record: dict) -> None:
     """Write ``<run_dir>/per_language.csv`` atomically from a record.
 
-    Columns: ``language, accuracy, macro_f1, n`` (metrics as fractions 0-1, ``n`` = test
-    examples), then one 0/1 column per report group (``group_members``) in record order.
-    Rows follow the record's ``per_language`` order.
+    Columns: ``language``, one column per metric of the record's specs that its per-language
+    results carry (as stored: fractions 0-1 for percentages), ``n`` (test examples), then one
+    0/1 column per report group (``group_members``) in record order. Rows follow the record's
+    ``per_language`` order. Records without metric specs are classification (accuracy, macro_f1).
     """
+    from xlt_runner.metrics.spec import CLASSIFICATION_METRICS
     group_members = record.get("group_members") or {}
     group_sets = {name: set(codes) for name, codes in group_members.items()}
+    per_language = record.get("per_language") or {}
+    specs = record.get("metrics") or [spec.to_dict() for spec in CLASSIFICATION_METRICS]
+    metrics = [spec["name"] for spec in specs if any(spec["name"] in scores for scores in per_language.values())]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["language", "accuracy", "macro_f1", "n", *group_sets])
-    for code, scores in (record.get("per_language") or {}).items():
-        writer.writerow([code, scores.get("accuracy"), scores.get("macro_f1"), scores.get("n"),
+    writer.writerow(["language", *metrics, "n", *group_sets])
+    for code, scores in per_language.items():
+        writer.writerow([code, *(scores.get(m) for m in metrics), scores.get("n"),
                          *(int(code in members) for members in group_sets.values())])
     write_text_atomic(Path(run_dir) / PER_LANGUAGE_FILE, buffer.getvalue())
 

@@ -3,6 +3,12 @@
 Terms used here:
 
 * **run**: a directory holding ``results.json`` (see :mod:`xlt_runner.results.record`).
+* **task kind**: a record's ``task`` (``classification``, ``generation``, ...). Runs of
+  different kinds are never tabulated, averaged or plotted together; the sweep status covers all.
+* **metric**: a name in a record's ``metrics`` (:class:`~xlt_runner.metrics.spec.MetricSpec`
+  dicts), scored per language and per report group. Its spec gives the direction (which mean
+  is best, ↓ when lower is better) and the scale (``percent``: shown ×100, plotted on 0-100;
+  otherwise raw). A table shows one metric, by default the kind's ``primary_metric``.
 * **cell**: the runs that share their whole identity config (``identity.identity_dict``)
   except ``seed``; seeds are its replicates. Runs without a ``config`` fall back to
   (method, model, benchmark, languages). Only ``"complete"`` runs enter any mean; if a
@@ -10,10 +16,7 @@ Terms used here:
   trees), the most recently finished one is used and a warning is issued.
 * **comparison block**: cells with the same (model, benchmark, languages). Cells are only
   compared within a block and a report group.
-* **direction**: a report group's scores are better higher unless its records say
-  ``"higher_is_better": false`` (e.g. the language-ID probe's ``langid:<group>`` groups,
-  marked ↓ in the tables).
-* **best**: the cell of a block and group with the best mean in the group's direction (ties
+* **best**: the cell of a block and group with the best mean in the metric's direction (ties
   all best); every other cell gets the two-sided Welch unpaired t-test p-value of its seeds
   against the best's seeds.
 * **reference method** (``--compare-to METHOD``): additionally, every cell gets Welch's
@@ -21,11 +24,12 @@ Terms used here:
 * **n/r** (not reported): a group a record lists in ``groups_not_reported`` with a reason,
   having no zero-shot mean on purpose (e.g. a group made of source languages only); its cells
   read ``n/r`` with the reason as a footnote. A cell without data reads ``–``.
-* **reference rows**: published numbers (n_seeds 0, never best, never tested) beside SIB-200
-  blocks: the SIB-200 paper's full fine-tuning, and the XPE paper's per-group means of the
-  block's method and source set.
+* **reference rows**: published numbers (n_seeds 0, never best, never tested) that a block's
+  benchmark supplies through its ``reference_rows`` hook (SIB-200: the SIB-200 paper's full
+  fine-tuning and the XPE paper's per-group means, for accuracy; see
+  :mod:`xlt_runner.data.sib200_references`).
 
-Scores in tables and plots are percentages; CIs are 95% Student-t half-widths over seeds.
+CIs are 95% Student-t half-widths over seeds, in the units shown.
 """
 from __future__ import annotations
 
@@ -46,13 +50,14 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 import yaml
 
-from xlt_runner.results.record import RESULTS_FILE, UnreadableRecord, atomic_path, load_record, write_text_atomic
+from xlt_runner.fileio import atomic_path, write_text_atomic
+from xlt_runner.results.record import RESULTS_FILE, UnreadableRecord, load_record
 from xlt_runner.results.stats import ZERO_VARIANCE, mean_ci, welch_p, welch_undefined_reason
 
 if TYPE_CHECKING:
     from xlt_runner.data.languages import LanguageTable
+    from xlt_runner.metrics.spec import MetricSpec
 
-METRICS = ("accuracy", "macro_f1")
 BLOCK_COLUMNS = ("model", "benchmark", "languages")
 #: Sweep status columns. ``dead``: the record says running but its process is gone (see
 #: :func:`dead_run_reason`); ``unreadable``: ``results.json`` is not a readable JSON object.
@@ -95,11 +100,12 @@ def _cell_identity(record: dict) -> dict:
 
 
 def _cell_labels(rows: list[dict], identities: dict[str, dict]) -> None:
-    """Set ``cell_label`` (method, plus the config keys telling same-method cells apart) and
-    ``cell_name`` (label plus whichever of model/benchmark/languages vary across ``rows``)."""
+    """Set ``cell_label`` (method, plus the config keys telling same-method cells of a block and
+    task kind apart) and ``cell_name`` (label plus whichever of task/model/benchmark/languages
+    vary across ``rows``)."""
     by_method_block: dict[tuple, set[str]] = {}
     for row in rows:
-        by_method_block.setdefault(tuple(row[c] for c in ("method", *BLOCK_COLUMNS)), set()).add(row["cell"])
+        by_method_block.setdefault(tuple(row[c] for c in ("method", "task", *BLOCK_COLUMNS)), set()).add(row["cell"])
     labels: dict[str, str] = {}
     for (method, *_), cells in by_method_block.items():
         if len(cells) == 1:
@@ -114,7 +120,7 @@ def _cell_labels(rows: list[dict], identities: dict[str, dict]) -> None:
             else:
                 details = f"config {cell}"
             labels[cell] = f"{method} [{details}]"
-    varying = [c for c in BLOCK_COLUMNS if len({row[c] for row in rows}) > 1]
+    varying = [c for c in ("task", *BLOCK_COLUMNS) if len({row[c] for row in rows}) > 1]
     for row in rows:
         row["cell_label"] = labels[row["cell"]]
         row["cell_name"] = " / ".join([row["cell_label"], *(str(row[c]) for c in varying)])
@@ -122,12 +128,23 @@ def _cell_labels(rows: list[dict], identities: dict[str, dict]) -> None:
 
 #: The language-ID probe's group in records written before groups carried their direction.
 LEGACY_PROBE_GROUP = "langid_probe"
+#: The task kind of records written before they named one.
+LEGACY_TASK = "classification"
 
 
-def _reported_groups(record: dict) -> dict[str, dict]:
-    """``groups`` and ``groups_not_reported`` of a record. A record written before the runner
-    withheld groups holding source languages gets them withheld here too (not for the
-    sequential regime, whose results are supervised), and its probe group lower-is-better."""
+def _record_view(record: dict) -> dict[str, Any]:
+    """``task``, ``metrics`` (name -> :class:`MetricSpec`, record order), ``primary_metric``,
+    ``groups`` and ``groups_not_reported`` of a record.
+
+    A record without ``metrics`` (written before metric specs were stored) is a
+    :data:`LEGACY_TASK` record with ``CLASSIFICATION_METRICS`` and primary metric ``accuracy``;
+    its probe groups (saying ``"higher_is_better": false``, or named :data:`LEGACY_PROBE_GROUP`)
+    carry their ``accuracy`` as the probe's ``langid_recall``, as the runner now writes them. A
+    record without ``groups_not_reported`` (written before the runner withheld groups holding
+    source languages) gets them withheld here too, unless its regime is sequential (supervised).
+    """
+    from xlt_runner.metrics.spec import CLASSIFICATION_METRICS, MetricSpec  # imports torch: not at module level
+
     groups = dict(record.get("groups") or {})
     not_reported = record.get("groups_not_reported")
     if not_reported is None:
@@ -136,9 +153,21 @@ def _reported_groups(record: dict) -> dict[str, dict]:
             from xlt_runner.data.languages import withhold_groups_with_source_languages
             groups, not_reported = withhold_groups_with_source_languages(
                 groups, record.get("group_members") or {}, record.get("source_languages") or [])
-        if isinstance(groups.get(LEGACY_PROBE_GROUP), dict):
-            groups[LEGACY_PROBE_GROUP] = {**groups[LEGACY_PROBE_GROUP], "higher_is_better": False}
-    return {"groups": groups, "groups_not_reported": not_reported}
+    if isinstance(record.get("metrics"), list):
+        specs = [MetricSpec.from_dict(spec) for spec in record["metrics"]]
+    else:
+        from xlt_runner.metrics.spec import LANGID_RECALL
+
+        specs = list(CLASSIFICATION_METRICS)
+        probe = [group for group, scores in groups.items() if isinstance(scores, dict)
+                 and (scores.get("higher_is_better") is False or group == LEGACY_PROBE_GROUP)]
+        for group in probe:
+            groups[group] = {LANGID_RECALL.name: groups[group].get("accuracy"),
+                             "n_languages": groups[group].get("n_languages")}
+        specs += [LANGID_RECALL] if probe else []
+    return {"task": str(record.get("task") or LEGACY_TASK), "metrics": {spec.name: spec for spec in specs},
+            "primary_metric": record.get("primary_metric") or (specs[0].name if specs else None),
+            "groups": groups, "groups_not_reported": not_reported}
 
 
 def collect_runs(root: str | os.PathLike) -> pd.DataFrame:
@@ -146,8 +175,9 @@ def collect_runs(root: str | os.PathLike) -> pd.DataFrame:
 
     Columns: run_dir, status, run_id, sweep_name, method, model, benchmark, languages, seed,
     cell (8-hex id of the cell), cell_label, cell_name, started_at, finished_at, error
-    ("Type: message" or None), overrides (list), groups, groups_not_reported, group_members,
-    per_language (the record's dicts), benchmark_data_dir (the record's
+    ("Type: message" or None), overrides (list), task, metrics (name -> MetricSpec),
+    primary_metric, groups, groups_not_reported (as :func:`_record_view` reads them),
+    group_members, per_language (the record's dicts), benchmark_data_dir (the record's
     ``config.benchmark.data_dir`` or None). Rows are sorted by run_dir.
 
     ``status`` is the record's, except ``"dead"`` for a ``running`` record whose process is
@@ -168,7 +198,7 @@ def collect_runs(root: str | os.PathLike) -> pd.DataFrame:
             warnings.warn(f"Unreadable run record {exc.path} ({exc.reason}); listed as unreadable in the sweep "
                           "status and not counted as a result.", stacklevel=2)
             unreadable.append({"run_dir": str(directory), "status": "unreadable", "cell_label": UNREADABLE_CELL,
-                               "cell_name": UNREADABLE_CELL, "error": exc.reason, "overrides": [], "groups": {},
+                               "cell_name": UNREADABLE_CELL, "error": exc.reason, "overrides": [], "metrics": {}, "groups": {},
                                "groups_not_reported": {}, "group_members": {}, "per_language": {}})
             continue
         if record is None:  # removed since the directory was listed
@@ -194,15 +224,15 @@ def collect_runs(root: str | os.PathLike) -> pd.DataFrame:
             "finished_at": record.get("finished_at"),
             "error": error,
             "overrides": list(record.get("overrides") or []),
-            **_reported_groups(record),
+            **_record_view(record),
             "group_members": record.get("group_members") or {},
             "per_language": record.get("per_language") or {},
             "benchmark_data_dir": benchmark_config.get("data_dir") if isinstance(benchmark_config, dict) else None,
         })
     _cell_labels(rows, identities)
     columns = ["run_dir", "status", "run_id", "sweep_name", "method", *BLOCK_COLUMNS, "seed", "cell",
-               "cell_label", "cell_name", "started_at", "finished_at", "error", "overrides", "groups",
-               "groups_not_reported", "group_members", "per_language", "benchmark_data_dir"]
+               "cell_label", "cell_name", "started_at", "finished_at", "error", "overrides", "task", "metrics",
+               "primary_metric", "groups", "groups_not_reported", "group_members", "per_language", "benchmark_data_dir"]
     return pd.DataFrame(rows + unreadable, columns=columns).sort_values("run_dir", ignore_index=True)
 
 
@@ -230,7 +260,8 @@ def dead_run_reason(run_dir: str | os.PathLike, record: dict) -> str | None:
     from xlt_runner.resume import LOCK_FILE
 
     lock = Path(run_dir) / LOCK_FILE
-    held = _lock_held(lock)
+    from xlt_runner.fileio import lock_held
+    held = lock_held(lock)
     if held:
         return None
     if held is False:
@@ -246,34 +277,6 @@ def dead_run_reason(run_dir: str | os.PathLike, record: dict) -> str | None:
     if not still_running:
         return None
     return f"the record says running, but its process {pid} on {host} has ended ({reason}); relaunch to rerun it"
-
-
-def _lock_held(lock: Path) -> bool | None:
-    """Whether some process holds an ``flock`` on the existing file ``lock``; None when that
-    cannot be told (no such file, no permission to open it, no ``flock`` on this system/file system)."""
-    try:
-        import fcntl
-    except ImportError:  # not a POSIX system
-        return None
-    for flags in (os.O_RDWR, os.O_RDONLY):  # NFS emulates flock with POSIX locks, which need write access
-        try:
-            fd = os.open(lock, flags)
-            break
-        except PermissionError:
-            continue
-        except OSError:
-            return None
-    else:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    except OSError:
-        return None
-    finally:
-        os.close(fd)  # also releases the lock if we took it
-    return False
 
 
 def _process_gone_reason(pid: int, started_at: Any) -> str | None:
@@ -325,85 +328,159 @@ class ReportError(ValueError):
 
 @dataclass
 class GroupTable:
-    """Across-seed summary per (cell, report group).
+    """Across-seed summary of one metric per (cell, report group), for runs of one task kind.
 
     ``rows`` columns: model, benchmark, languages, method, cell_label, cell, group, metric,
-    n_seeds, seeds (sorted list), mean, ci_half_width (percent), note (the reason of a group
-    not reported on purpose, mean nan; else None), higher_is_better (the group's direction),
-    best (bool; best mean of its comparison block and group in the group's direction, ties
-    all best), p_vs_best (Welch p against the best's seeds), p_vs_reference (Welch p against
-    the seeds of the block's ``compare_to`` cell), why_no_p_vs_best / why_no_p_vs_reference
-    (why a p is nan although there is a cell to test against: a
-    :func:`~xlt_runner.results.stats.welch_undefined_reason`), coverage (reference rows
-    averaging only some of the group's languages: "k/n langs").
+    n_seeds, seeds (sorted list), mean, ci_half_width (both in the units shown: ×100 for a
+    percent metric, else raw), note (the reason of a group not reported on purpose, mean nan;
+    else None), coverage (reference rows averaging only some of the group's languages: "k/n
+    langs"), best (bool; best mean of its comparison block and group in the metric's direction,
+    ties all best), p_vs_best (Welch p against the best's seeds), p_vs_reference (Welch p
+    against the seeds of the block's ``compare_to`` cell), why_no_p_vs_best /
+    why_no_p_vs_reference (why a p is nan although there is a cell to test against: a
+    :func:`~xlt_runner.results.stats.welch_undefined_reason`), task, higher_is_better and
+    percent (from ``spec``).
 
     ``notes``: warning and info lines for the reader (a block without the reference method,
     paper results not found).
     """
-    metric: str
+    spec: MetricSpec
+    task: str
     groups: list[str]
     rows: pd.DataFrame
     compare_to: str | None = None
     notes: list[str] = field(default_factory=list)
 
     @property
-    def lower_is_better(self) -> set[str]:
-        """Groups whose best mean is the lowest."""
-        return set(self.rows.loc[~self.rows["higher_is_better"].astype(bool), "group"])
+    def metric(self) -> str:
+        return self.spec.name
+
+    @property
+    def decimals(self) -> int:
+        """Decimal places of means and CIs: 1 for a percent metric; else enough for 3 significant
+        digits of the largest mean (0 to 6)."""
+        largest = self.rows["mean"].abs().max() if len(self.rows) else math.nan
+        if self.spec.percent or not math.isfinite(largest) or largest == 0:
+            return 1
+        return min(6, max(0, 2 - math.floor(math.log10(largest))))
 
 
 CELL_KEY = ("model", "benchmark", "languages", "method", "cell_label", "cell", "group")
 
 
-def group_table(df: pd.DataFrame, metric: str = "accuracy", compare_to: str | None = None,
-                paper_results: str | os.PathLike | None = None) -> GroupTable:
-    """Mean ± 95% CI (percent) of each complete cell's group ``metric`` across seeds.
+def _task_kind(runs: pd.DataFrame) -> str:
+    """The one task kind of ``runs``; :class:`ReportError` when they mix kinds."""
+    kinds = list(dict.fromkeys(runs["task"]))
+    if len(kinds) > 1:
+        raise ReportError(f"the runs mix task kinds ({', '.join(kinds)}): report each kind apart, as xlt-report does.")
+    return kinds[0] if kinds else LEGACY_TASK
 
-    Groups come from the records' ``groups`` and ``groups_not_reported``, in first-seen
-    order. A group whose records say ``higher_is_better: false`` has its lowest mean best;
-    records disagreeing on a group's direction raise :class:`ReportError`. ``compare_to``
-    (a method name) adds Welch p-values against that method's cell of each comparison block;
-    it raises :class:`ReportError` when it names no method present or when a block has
-    several cells of it. For accuracy, SIB-200 blocks get reference rows from the SIB-200
-    paper (:func:`sib200_reference_rows`) and the XPE paper (:func:`xpe_paper_rows`, read from
-    ``paper_results`` or found next to the benchmark data).
+
+def metric_names(runs: pd.DataFrame) -> list[str]:
+    """The metric names the records of ``runs`` list, first-seen order."""
+    return list(dict.fromkeys(name for metrics in runs["metrics"] for name in metrics))
+
+
+def metrics_present(runs: pd.DataFrame) -> str:
+    """The metric names of the records of ``runs`` per task kind, for messages:
+    ``"accuracy, macro_f1 (classification); accuracy, exact_match (generation)"``."""
+    return "; ".join(f"{', '.join(metric_names(kind_runs))} ({task})"
+                     for task, kind_runs in runs.groupby("task", sort=False)) or "none"
+
+
+def unknown_metric(metric: str, runs: pd.DataFrame) -> ReportError:
+    """The error for a ``metric`` no record of ``runs`` lists, naming those they list."""
+    return ReportError(f"unknown metric {metric!r}; metrics in the records: {metrics_present(runs)}.")
+
+
+def metric_spec(runs: pd.DataFrame, metric: str | None = None) -> MetricSpec:
+    """The spec of ``metric`` (default: the records' primary metric) in the records of ``runs``
+    (complete runs of one task kind). :class:`ReportError` when no record has it (the message
+    lists the metrics they have), or when records disagree on its direction or scale or, for
+    the default, on the primary metric."""
+    if metric is None:
+        primaries = list(dict.fromkeys(runs["primary_metric"].dropna()))
+        if len(primaries) != 1:
+            found = f"different primary metrics ({', '.join(primaries)})" if primaries else "no primary metric"
+            raise ReportError(f"the records name {found}; choose a metric with --metric: {metrics_present(runs)}.")
+        metric = primaries[0]
+    variants: dict[tuple[bool, bool], tuple[str, MetricSpec]] = {}
+    for run in runs.itertuples():
+        if metric in run.metrics:
+            spec = run.metrics[metric]
+            variants.setdefault((spec.higher_is_better, spec.percent), (run.run_dir, spec))
+    if not variants:
+        raise unknown_metric(metric, runs)
+    if len(variants) > 1:
+        raise ReportError(f"records disagree on metric {metric!r}: " + "; ".join(
+            f"{run_dir} has higher_is_better={spec.higher_is_better}, percent={spec.percent}"
+            for run_dir, spec in variants.values()) + ".")
+    return next(iter(variants.values()))[1]
+
+
+def _family(group: str) -> str:
+    """``langid`` for ``langid:lowperf``: the groups one stage reports together."""
+    return group.split(":", 1)[0]
+
+
+def _groups_of_metric(run: Any, metric: str) -> list[str]:
+    """The groups of ``run`` (a :func:`collect_runs` row) in ``metric``'s table, in record order:
+    its reported groups scoring ``metric``, then its not-reported groups whose family's reported
+    groups score it (the probe's ``langid:<group>``) or, with no reported group in their family,
+    whose languages' per-language results score it. None unless the record lists ``metric``."""
+    if metric not in run.metrics:
+        return []
+    reported = {group: scores for group, scores in run.groups.items() if isinstance(scores, dict)}
+    per_language = {name for scores in run.per_language.values() if isinstance(scores, dict) for name in scores}
+    shown = [group for group, scores in reported.items() if metric in scores]
+    for group in run.groups_not_reported:
+        family = [set(scores) for name, scores in reported.items() if _family(name) == _family(group)]
+        if metric in (set().union(*family) if family else per_language):
+            shown.append(group)
+    return shown
+
+
+def group_table(df: pd.DataFrame, metric: str | None = None, compare_to: str | None = None,
+                paper_results: str | os.PathLike | None = None) -> GroupTable:
+    """Mean ± 95% CI of each complete cell's group ``metric`` across seeds, in the units shown.
+
+    ``df`` holds runs of one task kind (:class:`ReportError` otherwise); ``metric`` defaults
+    to their primary metric (:func:`metric_spec` says when it cannot be had). Groups are those
+    :func:`_groups_of_metric` gives, in first-seen order; the best mean is the highest, or the
+    lowest for a lower-is-better metric. ``compare_to`` (a method name) adds Welch p-values
+    against that method's cell of each comparison block; it raises :class:`ReportError` when it
+    names no method present or when a block has several cells of it. Reference rows come from
+    each block's benchmark (:func:`benchmark_reference_rows`, given ``paper_results``).
     """
-    if metric not in METRICS:
-        raise ValueError(f"Unknown metric {metric!r}; choose one of {', '.join(METRICS)}.")
     runs = complete_runs(df)
+    task = _task_kind(runs)
+    spec = metric_spec(runs, metric)
     groups: list[str] = []
-    higher_is_better: dict[str, bool] = {}
     samples: dict[tuple, dict] = {}
     not_reported: dict[tuple, dict] = {}
     for run in runs.itertuples():
         cell = tuple(getattr(run, column) for column in CELL_KEY[:-1])
-        for group in [*run.groups, *run.groups_not_reported]:
-            if group not in groups:
-                groups.append(group)
-        for group, scores in run.groups.items():
-            scores = scores if isinstance(scores, dict) else {}
-            direction = bool(scores.get("higher_is_better", True))
-            if higher_is_better.setdefault(group, direction) != direction:
-                raise ReportError(f"Records disagree on the direction of group {group!r}: {run.run_dir} has "
-                                  f"higher_is_better={direction}, an earlier record higher_is_better={not direction}.")
-            if scores.get(metric) is None:
-                continue
-            sample = samples.setdefault((*cell, group), {"seeds": [], "values": []})
-            sample["seeds"].append(run.seed)
-            sample["values"].append(100.0 * float(scores[metric]))
-        for group, reason in run.groups_not_reported.items():
-            not_reported.setdefault((*cell, group), {"seeds": [], "reason": str(reason)})["seeds"].append(run.seed)
+        shown = _groups_of_metric(run, spec.name)
+        groups += [group for group in shown if group not in groups]
+        for group in shown:
+            if group in run.groups_not_reported:
+                entry = not_reported.setdefault((*cell, group), {"seeds": [], "reason": str(run.groups_not_reported[group])})
+                entry["seeds"].append(run.seed)
+            elif run.groups[group][spec.name] is not None:
+                sample = samples.setdefault((*cell, group), {"seeds": [], "values": []})
+                sample["seeds"].append(run.seed)
+                sample["values"].append(spec.display(float(run.groups[group][spec.name])))
     rows = []
     for key, sample in samples.items():
         order = sorted(range(len(sample["seeds"])), key=lambda i: sample["seeds"][i])
         values = [sample["values"][i] for i in order]
         mean, half_width = mean_ci(values, CONFIDENCE)
-        rows.append(dict(zip(CELL_KEY, key), metric=metric, n_seeds=len(values),
+        rows.append(dict(zip(CELL_KEY, key), metric=spec.name, n_seeds=len(values),
                          seeds=[sample["seeds"][i] for i in order], values=values, mean=mean,
                          ci_half_width=half_width, note=None))
     for key, sample in not_reported.items():
         if key not in samples:
-            rows.append(dict(zip(CELL_KEY, key), metric=metric, n_seeds=len(sample["seeds"]),
+            rows.append(dict(zip(CELL_KEY, key), metric=spec.name, n_seeds=len(sample["seeds"]),
                              seeds=sorted(sample["seeds"]), values=[], mean=math.nan, ci_half_width=math.nan,
                              note=sample["reason"]))
     table = pd.DataFrame(rows, columns=[*CELL_KEY, "metric", "n_seeds", "seeds", "values", "mean",
@@ -413,22 +490,19 @@ def group_table(df: pd.DataFrame, metric: str = "accuracy", compare_to: str | No
         table[column] = math.nan
         table[f"why_no_{column}"] = None
     scored = table[table["mean"].notna()]
-    for (*_, group), block in scored.groupby([*BLOCK_COLUMNS, "group"], sort=False):
-        top = block["mean"].max() if higher_is_better.get(group, True) else block["mean"].min()
+    for _, block in scored.groupby([*BLOCK_COLUMNS, "group"], sort=False):
+        top = spec.best(block["mean"].tolist())
         best_index = block.index[block["mean"].apply(lambda m: math.isclose(m, top))]
         table.loc[best_index, "best"] = True
         _welch_tests(table, block.index.difference(best_index), best_index[0], "p_vs_best")
     notes = _tests_against_reference_method(table, scored, compare_to) if compare_to is not None else []
     table = table.sort_values([*BLOCK_COLUMNS, "cell_label"], kind="stable", ignore_index=True)
-    if metric == "accuracy":
-        # lower-is-better groups (the language-ID probe's) measure something else: no task reference
-        accuracy_groups = [g for g in groups if higher_is_better.get(g, True)]
-        paper_rows, paper_notes = xpe_paper_rows(runs, accuracy_groups, paper_results)
-        table = pd.concat([table, sib200_reference_rows(runs, accuracy_groups), paper_rows], ignore_index=True)
-        notes += paper_notes
-    table["higher_is_better"] = table["group"].map(lambda g: higher_is_better.get(g, True))
-    return GroupTable(metric=metric, groups=groups, rows=table.drop(columns="values"), compare_to=compare_to,
-                      notes=notes)
+    references, reference_notes = benchmark_reference_rows(runs, groups, spec, paper_results)
+    if len(references):
+        table = pd.concat([table, references], ignore_index=True)
+    table = table.assign(task=task, higher_is_better=spec.higher_is_better, percent=spec.percent)
+    return GroupTable(spec=spec, task=task, groups=groups, rows=table.drop(columns="values"), compare_to=compare_to,
+                      notes=notes + reference_notes)
 
 
 def _welch_tests(table: pd.DataFrame, indices: pd.Index, against: int, column: str) -> None:
@@ -469,9 +543,6 @@ def _tests_against_reference_method(table: pd.DataFrame, scored: pd.DataFrame, m
     return warning_lines
 
 
-SIB200_REFERENCE_LABEL = "SIB-200 paper: XLM-R large, full FT (reference)"
-
-
 def _reference_groups(block: pd.DataFrame, groups: list[str]) -> list[str]:
     """``groups`` less those the block's runs do not report (n/r): a reference number there would
     fill a column the comparison leaves blank on purpose."""
@@ -479,90 +550,40 @@ def _reference_groups(block: pd.DataFrame, groups: list[str]) -> list[str]:
     return [group for group in groups if group not in withheld]
 
 
-def sib200_reference_rows(runs: pd.DataFrame, groups: list[str]) -> pd.DataFrame:
-    """For SIB-200 blocks, the SIB-200 paper's fully supervised XLM-R-large accuracy
-    (Table 7) averaged over each report group's languages, as a reference row that is
-    never marked best (n_seeds 0). Languages without a published number are skipped."""
-    from xlt_runner.data.languages import LanguageTable
+def _reference_hook(benchmark: str) -> Any:
+    """The ``reference_rows`` hook of the benchmark class registered as ``benchmark``, or None."""
+    from xlt_runner.config import ConfigError
+    from xlt_runner.data import BENCHMARKS
 
-    table = LanguageTable.default()
-    rows = []
-    sib = runs[runs["benchmark"] == "sib200"] if len(runs) else runs
-    for key, block in sib.groupby(list(BLOCK_COLUMNS), sort=False) if len(sib) else []:
-        members = block.iloc[0]["group_members"] or {}
-        for group in _reference_groups(block, groups):
-            scores = [table[c].sib200_xlmr_large_acc for c in members.get(group, [])
-                      if c in table and table[c].sib200_xlmr_large_acc is not None]
-            if scores:
-                rows.append(dict(zip(BLOCK_COLUMNS, key), method="reference", cell_label=SIB200_REFERENCE_LABEL,
-                                 cell="sib200_paper", group=group, metric="accuracy", n_seeds=0, seeds=[],
-                                 values=[], mean=sum(scores) / len(scores), ci_half_width=math.nan,
-                                 best=False, p_vs_best=math.nan))
-    return pd.DataFrame(rows)
+    try:
+        return getattr(BENCHMARKS.get(benchmark), "reference_rows", None)
+    except ConfigError:  # not a benchmark of this installation
+        return None
 
 
-XPE_PAPER_FILE = "xpe_paper_appendix_a.tsv"
-#: Source sets (``languages`` config names) and methods with a column ``<source>_<method>`` in :data:`XPE_PAPER_FILE`.
-XPE_PAPER_SOURCE_SETS = ("enarzho", "joshi5", "seen")
-XPE_PAPER_METHODS = ("spt", "dual_xpe30", "dual_xpe70", "xpe")
-#: Codes of the extracted appendix that are typos of SIB-200 codes.
-XPE_PAPER_CODE_FIXES = {"maj_Deva": "mai_Deva"}
+def benchmark_reference_rows(runs: pd.DataFrame, groups: list[str], spec: MetricSpec,
+                             paper_results: str | os.PathLike | None = None) -> tuple[pd.DataFrame, list[str]]:
+    """(rows, distinct info lines): published reference rows (method ``reference``, n_seeds 0,
+    never best, never tested) for the comparison blocks of ``runs`` (complete runs), block by block.
 
-
-def read_xpe_paper_results(path: str | os.PathLike) -> pd.DataFrame:
-    """The XPE paper's Appendix A (per-language accuracy in %, XLM-R large, mean of 10 seeds)
-    indexed by SIB-200 code, columns ``<source>_<method>``; a code unknown to the language
-    table is corrected by :data:`XPE_PAPER_CODE_FIXES`."""
-    from xlt_runner.data.languages import LanguageTable
-
-    known = LanguageTable.default()
-    results = pd.read_csv(path, sep="\t")
-    results["lang"] = [code if code in known else XPE_PAPER_CODE_FIXES.get(code, code) for code in results["lang"]]
-    return results.set_index("lang")
-
-
-def xpe_paper_rows(runs: pd.DataFrame, groups: list[str],
-                   path: str | os.PathLike | None = None) -> tuple[pd.DataFrame, list[str]]:
-    """(rows, info lines): the XPE paper's per-group means for the SIB-200 blocks of ``runs``
-    (complete runs) whose languages config is a paper source set, one reference row (n_seeds 0,
-    never best) per paper method in the block. A group's value is the mean of the paper's
-    values over its members (``group_members`` of the block's first record) that have one;
-    ``coverage`` says "k/n langs" when only k of its n members have one.
-
-    Without ``path``, the file is looked for at ``<benchmark.data_dir>/../meta/``
-    :data:`XPE_PAPER_FILE` of the records (relative to the working directory); if it is not
-    there, no rows and an info line saying how to add them.
+    A block's benchmark class may have a hook ``reference_rows(block, groups, metric,
+    paper_results) -> (rows, info lines)``; it gets the block's runs, ``groups`` less those the
+    block does not report, and ``spec.name``, and gives rows ``{"cell", "cell_label", "group",
+    "mean", "coverage"}`` with ``mean`` in the units shown (see
+    :func:`xlt_runner.data.sib200_references.reference_rows`). It decides which metrics have
+    published numbers. A benchmark not registered here, or without a hook, gives none.
     """
-    eligible = runs[(runs["benchmark"] == "sib200") & runs["languages"].isin(XPE_PAPER_SOURCE_SETS)
-                    & runs["method"].isin(XPE_PAPER_METHODS)] if len(runs) else runs
-    if eligible.empty:
-        return pd.DataFrame(), []
-    if path is None:
-        candidates = list(dict.fromkeys(Path(data_dir).expanduser() / ".." / "meta" / XPE_PAPER_FILE
-                                        for data_dir in eligible["benchmark_data_dir"] if data_dir))
-        path = next((candidate for candidate in candidates if candidate.is_file()), None)
-        if path is None:
-            looked = f" (looked at {', '.join(map(str, candidates))})" if candidates else ""
-            return pd.DataFrame(), [f"info: no XPE paper reference rows: {XPE_PAPER_FILE} not found next to the "
-                                    f"benchmark data{looked}; add them with --paper-results PATH."]
-    paper = read_xpe_paper_results(path)
-    rows = []
-    for key, block in eligible.groupby(list(BLOCK_COLUMNS), sort=False):
-        members = block.iloc[0]["group_members"]
-        for method in (m for m in XPE_PAPER_METHODS if m in set(block["method"])):
-            column = paper[f"{key[2]}_{method}"].dropna()
-            for group in _reference_groups(block, groups):
-                codes = members.get(group) or []
-                values = [column[code] for code in codes if code in column.index]
-                if not values:
-                    continue
-                rows.append(dict(zip(BLOCK_COLUMNS, key), method="reference",
-                                 cell_label=f"XPE paper: {method}, XLM-R large, 10 seeds (reference)",
-                                 cell=f"xpe_paper_{method}", group=group, metric="accuracy", n_seeds=0, seeds=[],
-                                 values=[], mean=sum(values) / len(values), ci_half_width=math.nan, best=False,
-                                 p_vs_best=math.nan,
-                                 coverage=f"{len(values)}/{len(codes)} langs" if len(values) < len(codes) else None))
-    return pd.DataFrame(rows), []
+    rows, notes = [], []
+    for key, block in runs.groupby(list(BLOCK_COLUMNS), sort=False):
+        hook = _reference_hook(key[1])
+        if hook is None:
+            continue
+        found, block_notes = hook(block, _reference_groups(block, groups), spec.name, paper_results)
+        rows += [{**dict(zip(BLOCK_COLUMNS, key)), "method": "reference", "metric": spec.name, "n_seeds": 0,
+                  "seeds": [], "values": [], "ci_half_width": math.nan, "best": False, "p_vs_best": math.nan, **row}
+                 for row in found]
+        notes += block_notes
+    return pd.DataFrame(rows), list(dict.fromkeys(notes))
 
 
 SUPERSCRIPT_DIGITS = str.maketrans("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹")
@@ -582,8 +603,8 @@ def _format_p(p: float) -> str:
 
 
 def format_cell(row: pd.Series | None, style: str, compare_to: str | None = None,
-                reasons: list[str] | None = None) -> str:
-    """One table cell, style md | tex | rich: ``mean ± ci (n=k)`` with bold best and Welch p
+                reasons: list[str] | None = None, decimals: int = 1) -> str:
+    """One table cell, style md | tex | rich: ``mean ± ci (n=k)`` (``decimals`` places) with bold best and Welch p
     (``p=… vs best; p=… vs <compare_to>`` when ``compare_to`` is given), ``(n=1: no test)``
     for one seed, ``mean (paper[, k/n langs])`` for a reference row, ``n/r`` plus the footnote
     number of its reason in ``reasons`` for a group not reported, ``–`` for no data."""
@@ -595,7 +616,8 @@ def format_cell(row: pd.Series | None, style: str, compare_to: str | None = None
         return "–" if style != "tex" else "--"
     small = (lambda text: rf" {{\scriptsize {text}}}") if style == "tex" else (lambda text: f" {text}")
     pm = r"$\pm$" if style == "tex" else "±"
-    text = f"{row['mean']:.1f}" + (f" {pm} {row['ci_half_width']:.1f}" if math.isfinite(row["ci_half_width"]) else "")
+    text = f"{row['mean']:.{decimals}f}" + (f" {pm} {row['ci_half_width']:.{decimals}f}"
+                                           if math.isfinite(row["ci_half_width"]) else "")
     if row["best"]:
         text = {"md": f"**{text}**", "tex": rf"\textbf{{{text}}}", "rich": f"[bold]{text}[/bold]"}[style]
     if row["n_seeds"] == 0:  # a published reference number, not a run of ours
@@ -616,8 +638,8 @@ def format_cell(row: pd.Series | None, style: str, compare_to: str | None = None
 
 
 def wide_rows(table: GroupTable, style: str) -> tuple[list[str], list[list[str]], dict[str, str]]:
-    """(header, body rows, constants): one row per cell, one column per group; the header of
-    a lower-is-better group is marked ↓ (tex: escaped, ``$\\downarrow$``).
+    """(header, body rows, constants): one row per cell, one column per group; for a
+    lower-is-better metric every group header is marked ↓ (tex: ``$\\downarrow$``).
 
     Block columns (model/benchmark/languages) whose value is the same everywhere are left
     out of the rows and returned in ``constants`` instead.
@@ -625,17 +647,17 @@ def wide_rows(table: GroupTable, style: str) -> tuple[list[str], list[list[str]]
     rows = table.rows
     constants = {c: str(rows[c].iloc[0]) for c in BLOCK_COLUMNS if rows[c].nunique() == 1} if len(rows) else {}
     label_columns = [c for c in BLOCK_COLUMNS if c not in constants] + ["method"]
-    lower_is_better = table.lower_is_better
     name = _latex_escape if style == "tex" else str
-    down = r" $\downarrow$" if style == "tex" else " ↓"
-    header = label_columns + [name(g) + (down if g in lower_is_better else "") for g in table.groups]
+    down = "" if table.spec.higher_is_better else r" $\downarrow$" if style == "tex" else " ↓"
+    header = label_columns + [name(g) + down for g in table.groups]
     reasons = not_reported_reasons(table)
     body = []
     for _, cell_rows in rows.groupby([*BLOCK_COLUMNS, "cell_label", "cell"], sort=False):
         by_group = {row["group"]: row for _, row in cell_rows.iterrows()}
         first = cell_rows.iloc[0]
         labels = [str(first[c]) for c in label_columns[:-1]] + [str(first["cell_label"])]
-        body.append(labels + [format_cell(by_group.get(g), style, table.compare_to, reasons) for g in table.groups])
+        body.append(labels + [format_cell(by_group.get(g), style, table.compare_to, reasons, table.decimals)
+                              for g in table.groups])
     return header, body, constants
 
 
@@ -644,9 +666,14 @@ def _footnotes(table: GroupTable, style: str) -> list[str]:
             for number, reason in enumerate(not_reported_reasons(table), start=1)]
 
 
+def metric_title(spec: MetricSpec) -> str:
+    """``Test <metric>``, `` (%)`` for a percent metric, `` ↓`` for a lower-is-better one."""
+    return f"Test {spec.name}" + (" (%)" if spec.percent else "") + ("" if spec.higher_is_better else " ↓")
+
+
 def _legend(table: GroupTable) -> str:
     rows, reference = table.rows, table.compare_to
-    parts = [f"Test {table.metric} (%) per report group: mean ± {CONFIDENCE:.0%} CI half-width (Student t, "
+    parts = [f"{metric_title(table.spec)} per report group: mean ± {CONFIDENCE:.0%} CI half-width (Student t, "
              "n-1 dof) over seeds; (n) = complete seeds in the cell (failed/running runs are never averaged in); "
              "no ± when n=1.",
              "Bold = best mean of the group among methods with the same model/benchmark/languages."]
@@ -662,7 +689,7 @@ def _legend(table: GroupTable) -> str:
     if rows[["why_no_p_vs_best", "why_no_p_vs_reference"]].eq(ZERO_VARIANCE).any(axis=None):
         parts.append("p undefined (zero variance) = each of the two cells scores the same on all its seeds, so "
                      "Welch's t is undefined.")
-    if table.lower_is_better:
+    if not table.spec.higher_is_better:
         parts.append("↓ = lower is better (the best is the lowest mean).")
     if (rows["n_seeds"] == 0).any():
         parts.append("(paper) = a published number averaged over the group's languages, not a run of ours; "
@@ -703,14 +730,15 @@ def format_latex(table: GroupTable) -> str:
     return "\n".join(lines)
 
 
-def write_tables(table: GroupTable, out_dir: str | os.PathLike) -> list[Path]:
-    """Write ``report.csv`` (long, numeric: one row per cell x group with the columns of
+def write_tables(table: GroupTable, out_dir: str | os.PathLike, suffix: str = "") -> list[Path]:
+    """Write ``report<suffix>.csv`` (long, numeric: one row per cell x group with the columns of
     :class:`GroupTable`, ``best`` as a boolean column, seeds ';'-joined; a group not reported
-    has an empty mean and its reason in ``note``), ``report.md`` and ``report.tex``; return their paths."""
+    has an empty mean and its reason in ``note``), ``report<suffix>.md`` and ``report<suffix>.tex``;
+    return their paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     frame = table.rows.assign(seeds=table.rows["seeds"].apply(lambda seeds: ";".join(map(str, seeds))))
-    paths = [out / "report.csv", out / "report.md", out / "report.tex"]
+    paths = [out / f"report{suffix}.{extension}" for extension in ("csv", "md", "tex")]
     write_text_atomic(paths[0], frame.to_csv(index=False))
     write_text_atomic(paths[1], format_markdown(table))
     write_text_atomic(paths[2], format_latex(table))
@@ -722,15 +750,21 @@ def per_language_scores(df: pd.DataFrame) -> pd.DataFrame:
     """Long table of the complete runs of ``df``: one row per (run, language).
 
     Columns: run_id, run_dir, sweep_name, cell, cell_label, cell_name, method, model,
-    benchmark, languages, seed, language, accuracy, macro_f1 (fractions 0-1), n (examples).
+    benchmark, languages, seed, task, language, then one column per metric of the records found
+    in their per-language results (first-seen order; values as recorded, e.g. fractions 0-1 for
+    a percent metric; empty where a run's kind has no such metric), n (examples).
     """
-    columns = ["run_id", "run_dir", "sweep_name", "cell", "cell_label", "cell_name", "method", *BLOCK_COLUMNS, "seed"]
+    columns = ["run_id", "run_dir", "sweep_name", "cell", "cell_label", "cell_name", "method", *BLOCK_COLUMNS,
+               "seed", "task"]
+    complete = df[df["status"] == "complete"]
+    metrics = list(dict.fromkeys(name for run in complete.itertuples() for name in run.metrics
+                                 if any(name in scores for scores in run.per_language.values())))
     rows = []
-    for _, run in df[df["status"] == "complete"].iterrows():
+    for _, run in complete.iterrows():
         for language, scores in run["per_language"].items():
-            rows.append({**{c: run[c] for c in columns}, "language": language, "accuracy": scores.get("accuracy"),
-                         "macro_f1": scores.get("macro_f1"), "n": scores.get("n")})
-    return pd.DataFrame(rows, columns=[*columns, "language", *METRICS, "n"])
+            rows.append({**{c: run[c] for c in columns}, "language": language,
+                         **{name: scores.get(name) for name in metrics if name in run["metrics"]}, "n": scores.get("n")})
+    return pd.DataFrame(rows, columns=[*columns, "language", *metrics, "n"])
 
 
 def export_all(df: pd.DataFrame, out_dir: str | os.PathLike) -> list[Path]:
@@ -778,23 +812,29 @@ def figure_groups(codes: list[str], table: LanguageTable | None = None) -> list[
 
 
 def plot_per_language(df: pd.DataFrame, out_path: str | os.PathLike, table: LanguageTable | None = None,
-                      metric: str = "accuracy") -> Path:
-    """PNG of per-language test ``metric`` (%, mean over complete seeds), one series per cell.
+                      metric: str | None = None) -> Path | None:
+    """PNG of per-language test ``metric`` (default: the primary one) of the complete runs of
+    ``df`` (one task kind), mean over seeds, one series per cell; returns its path, or None
+    when no complete run has per-language values of ``metric`` (e.g. the probe's ``langid_recall``).
 
+    y: the values shown (×100 on 0-100 for a percent metric, else raw with limits from the data).
     x: languages in :func:`figure_groups` order, with a gap, a dotted separator and a label
     per group; dashed horizontal segments give each series' unweighted mean over the group's
     languages. The figure widens with the number of languages (~0.13 inch each). The file is
-    written atomically (format from ``out_path``'s suffix, PNG without one). Raises ValueError
-    when no complete run has per-language scores.
+    written atomically (format from ``out_path``'s suffix, PNG without one). Raises
+    :class:`ReportError` as :func:`metric_spec` and :func:`group_table` do.
     """
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    scores = per_language_scores(complete_runs(df))
-    if scores.empty:
-        raise ValueError("No complete run with per-language scores to plot.")
-    means = scores.groupby(["language", "cell_name"])[metric].mean().unstack("cell_name") * 100.0
+    runs = complete_runs(df)
+    _task_kind(runs)
+    spec = metric_spec(runs, metric)
+    scores = per_language_scores(runs)
+    if spec.name not in scores or scores[spec.name].isna().all():
+        return None
+    means = spec.display(scores.groupby(["language", "cell_name"])[spec.name].mean().unstack("cell_name"))
     groups = figure_groups(list(means.index), table)
     positions: dict[str, float] = {}
     spans = []
@@ -826,13 +866,14 @@ def plot_per_language(df: pd.DataFrame, out_path: str | os.PathLike, table: Lang
     ax.set_xticks([positions[c] for c in tick_codes])
     ax.set_xticklabels(tick_codes, rotation=90, fontsize=6 if n_languages > 60 else 8, family="monospace")
     ax.set_xlim(-1, x - 1)
-    lowest = float(means.min().min())
-    ax.set_ylim(max(0.0, 10.0 * math.floor(lowest / 10.0) - 5.0) if math.isfinite(lowest) else 0.0, 100.5)
-    ax.set_ylabel(f"test {metric} (%)")
+    if spec.percent:
+        lowest = float(means.min().min())
+        ax.set_ylim(max(0.0, 10.0 * math.floor(lowest / 10.0) - 5.0) if math.isfinite(lowest) else 0.0, 100.5)
+    ax.set_ylabel(metric_title(spec))
     ax.grid(axis="y", linewidth=0.4, alpha=0.6)
     ax.legend(loc="upper left", bbox_to_anchor=(0, -0.16 if n_languages > 20 else -0.1), ncol=min(4, means.shape[1]),
               fontsize=8, frameon=False)
-    ax.set_title(f"Per-language test {metric}, mean over seeds (dashed: group mean); "
+    ax.set_title(f"Per-language test {spec.name}, mean over seeds (dashed: group mean); "
                  "languages sorted by SIB-200 XLM-R-large accuracy within each group", fontsize=10, pad=18)
     out_path = Path(out_path)
     try:
@@ -959,49 +1000,62 @@ def _print_table(console: Any, title: str, header: list[str], body: list[list[st
     console.print(table)
 
 
-def _log_to_wandb(root: Path, out: Path, table: GroupTable, status: SweepStatus, plot_path: Path | None) -> None:
-    """Log the tables and plot as one wandb run (job_type "report"); project and mode from
-    ``WANDB_PROJECT`` (default xlt_runner) and ``WANDB_MODE`` (default offline)."""
+def _log_to_wandb(root: Path, out: Path, reports: list[tuple[str, GroupTable, Path | None]],
+                  status: SweepStatus) -> None:
+    """Log the tables and plots (``reports``: (file suffix, table, plot path or None) per task
+    kind) as one wandb run (job_type "report"); project and mode from ``WANDB_PROJECT`` (default
+    xlt_runner) and ``WANDB_MODE`` (default offline)."""
     import wandb
 
     run = wandb.init(project=os.environ.get("WANDB_PROJECT", "xlt_runner"), job_type="report", dir=str(out),
                      name=f"report-{root.resolve().name}", mode=os.environ.get("WANDB_MODE", "offline"),
-                     config={"root": str(root), "metric": table.metric})
-    logged = {"group_table": wandb.Table(dataframe=table.rows.astype({"seeds": str})),
-              "sweep_status": wandb.Table(dataframe=status.summary)}
-    if plot_path is not None:
-        logged["per_language"] = wandb.Image(str(plot_path))
+                     config={"root": str(root), "metric": {table.task: table.metric for _, table, _ in reports}})
+    logged = {"sweep_status": wandb.Table(dataframe=status.summary)}
+    for suffix, table, plot_path in reports:
+        logged[f"group_table{suffix}"] = wandb.Table(dataframe=table.rows.astype({"seeds": str}))
+        if plot_path is not None:
+            logged[f"per_language{suffix}"] = wandb.Image(str(plot_path))
     run.log(logged)
     run.finish()
 
 
 def report_main(argv: list[str] | None = None) -> int:
-    """``xlt-report PATH [--out DIR] [--metric accuracy|macro_f1] [--compare-to METHOD]
-    [--paper-results TSV] [--wandb]``.
+    """``xlt-report PATH [--out DIR] [--metric NAME] [--compare-to METHOD] [--paper-results TSV] [--wandb]``.
+
+    One table set (tables, plot) per task kind of the complete runs, each for ``--metric``
+    (default: the kind's primary metric); with several kinds, file names end in ``_<kind>``
+    and a kind whose records lack ``--metric`` is left out with a note. The sweep status and
+    the per-language export cover every run.
 
     Exit codes: 0 report written; 1 no complete run under PATH; 2 PATH is not a directory,
     the ``--paper-results`` file does not exist, or the records cannot be reported as asked
-    (:class:`ReportError`, e.g. ``--compare-to`` names no method present).
+    (:class:`ReportError`, e.g. ``--metric`` names a metric no record has, or ``--compare-to``
+    names no method present).
     """
     from rich.console import Console
     from rich.markup import escape
 
-    parser = argparse.ArgumentParser(prog="xlt-report", description="Summarise the runs under PATH: group table "
-                                     "(mean ± 95% CI over seeds; per model/benchmark/languages and group, the best "
-                                     "cell in the group's direction and Welch p-values against it; published "
-                                     "reference rows for SIB-200), sweep status, per-language plot and export.")
+    parser = argparse.ArgumentParser(prog="xlt-report", description="Summarise the runs under PATH: per task kind, "
+                                     "a group table of one metric (mean ± 95% CI over seeds; per model/benchmark/"
+                                     "languages and group, the best cell in the metric's direction and Welch "
+                                     "p-values against it; published reference rows where the benchmark has "
+                                     "them), sweep status, per-language plot and export.")
     parser.add_argument("path", help="an output root, e.g. outputs/ or outputs/sweeps/<sweep_name>")
     parser.add_argument("--out", help="where to write the report files (default: PATH/report)")
-    parser.add_argument("--metric", choices=METRICS, default="accuracy",
-                        help="the group score to tabulate (default: accuracy; reference rows are accuracy only)")
+    parser.add_argument("--metric", metavar="NAME",
+                        help="the metric to tabulate, any the records list (e.g. accuracy, macro_f1, exact_match, "
+                             "empty_rate, langid_recall for the language-ID probe); default: the primary metric "
+                             "of each task kind. Direction and scale come from the records' metric specs; "
+                             "SIB-200 reference rows are for accuracy only")
     parser.add_argument("--compare-to", metavar="METHOD",
                         help="also give each cell the Welch p-value against the METHOD cell (a record's method, "
                              "e.g. spt) with the same model/benchmark/languages, beside the p-value against the best")
     parser.add_argument("--paper-results", metavar="TSV",
-                        help=f"the XPE paper's per-language results ({XPE_PAPER_FILE}) for the paper's reference "
-                             "rows of SIB-200 sweeps with a paper source set (enarzho, joshi5, seen); default: "
-                             f"<benchmark.data_dir>/../meta/{XPE_PAPER_FILE} of the records, if it exists")
-    parser.add_argument("--wandb", action="store_true", help="also log the tables and plot to wandb")
+                        help="published per-language results a benchmark's reference rows read; SIB-200: the XPE "
+                             "paper's xpe_paper_appendix_a.tsv, for sweeps with a paper source set (enarzho, "
+                             "joshi5, seen); default: <benchmark.data_dir>/../meta/xpe_paper_appendix_a.tsv of "
+                             "the records, if it exists")
+    parser.add_argument("--wandb", action="store_true", help="also log the tables and plots to wandb")
     args = parser.parse_args(argv)
     root = Path(args.path)
     console = Console()
@@ -1027,26 +1081,52 @@ def report_main(argv: list[str] | None = None) -> int:
         console.print(f"[yellow]missing[/yellow] {escape(run['sweep'])}: {escape(run['overrides'])}")
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "status.csv", status.runs.to_csv(index=False))
-    if not (runs["status"] == "complete").any():
+    complete = runs[runs["status"] == "complete"]
+    if complete.empty:
         console.print(f"No complete runs under {escape(str(root))} ({len(runs)} record(s) found); nothing to report.")
         return 1
+    kinds = sorted(set(complete["task"]))
     try:
-        table = group_table(runs, args.metric, args.compare_to, args.paper_results)
+        if args.metric and args.metric not in metric_names(complete):
+            raise unknown_metric(args.metric, complete)
+        tables = []
+        for kind in kinds:
+            kind_runs, kind_complete = runs[runs["task"] == kind], complete[complete["task"] == kind]
+            if args.metric and args.metric not in metric_names(kind_complete):
+                console.print(f"info: no {escape(args.metric)} in the {kind} records: no {kind} table.")
+                continue
+            compare_to = args.compare_to
+            if compare_to not in set(kind_complete["method"]) and compare_to in set(complete["method"]):
+                console.print(f"info: no {escape(compare_to)} run among the {kind} runs: no p vs "
+                              f"{escape(compare_to)} there.")
+                compare_to = None
+            tables.append((kind_runs, group_table(kind_runs, args.metric, compare_to, args.paper_results)))
     except ReportError as exc:
         print(f"xlt-report: error: {exc}", file=sys.stderr)
         return 2
-    for note in table.notes:
-        console.print(escape(note))
-    header, body, constants = wide_rows(table, "rich")
-    _print_table(console, f"Test {args.metric} (%) " + escape(" ".join(f"{k}={v}" for k, v in constants.items())),
-                 header, [[escape(c) for c in cells[:len(header) - len(table.groups)]] + cells[len(header)
-                          - len(table.groups):] for cells in body])
-    for line in [*_footnotes(table, "rich"), _legend(table)]:
-        console.print(escape(line))
-    paths = write_tables(table, out) + export_all(runs, out) + [out / "status.csv"]
-    plot_path = plot_per_language(runs, out / f"per_language_{args.metric}.png", metric=args.metric)
+    paths, reports = [], []
+    for kind_runs, table in tables:
+        suffix = f"_{table.task}" if len(kinds) > 1 else ""
+        for note in table.notes:
+            console.print(escape(note))
+        others = [name for name in metric_names(complete[complete["task"] == table.task]) if name != table.metric]
+        if others:
+            console.print(f"info: the {table.task} records also have {', '.join(others)}: tabulate one with "
+                          "--metric NAME.")
+        header, body, constants = wide_rows(table, "rich")
+        n_labels = len(header) - len(table.groups)
+        title = metric_title(table.spec) + (f" [{table.task}]" if suffix else "")
+        _print_table(console, escape(f"{title} " + " ".join(f"{k}={v}" for k, v in constants.items())), header,
+                     [[escape(c) for c in cells[:n_labels]] + cells[n_labels:] for cells in body])
+        for line in [*_footnotes(table, "rich"), _legend(table)]:
+            console.print(escape(line))
+        paths += write_tables(table, out, suffix)
+        plot_path = plot_per_language(kind_runs, out / f"per_language_{table.metric}{suffix}.png", metric=table.metric)
+        console.print(f"Plot: {escape(str(plot_path))}" if plot_path else
+                      f"Plot: none (no per-language {escape(table.metric)} in the {table.task} records)")
+        reports.append((suffix, table, plot_path))
+    paths += export_all(runs, out) + [out / "status.csv"]
     console.print("Wrote: " + ", ".join(escape(str(p)) for p in paths))
-    console.print(f"Plot: {escape(str(plot_path))}")
     if args.wandb:
-        _log_to_wandb(root, out, table, status, plot_path)
+        _log_to_wandb(root, out, reports, status)
     return 0

@@ -13,14 +13,15 @@ import numpy as np
 from scipy import stats
 
 
-#: Decimal places scores are rounded to before any statistic: the same score reached by another
+#: Significant digits scores are rounded to before any statistic: the same score reached by another
 #: summation order (35.55555555555556 and 35.555555555555564) is one value, not a variance of 1e-29
-#: that scipy would warn about ("catastrophic cancellation") and turn into a meaningless t.
-SCORE_DECIMALS = 9
+#: that scipy would warn about ("catastrophic cancellation") and turn into a meaningless t. Relative,
+#: so it holds for a metric on any scale (a percentage, a fraction, a count in the millions).
+SCORE_SIGNIFICANT_DIGITS = 11
 
 
 def _finite(values: Iterable[float]) -> np.ndarray:
-    array = np.round(np.asarray(list(values), dtype=float), SCORE_DECIMALS)
+    array = np.array([float(f"{value:.{SCORE_SIGNIFICANT_DIGITS}g}") for value in map(float, values)], dtype=float)
     return array[np.isfinite(array)]
 
 

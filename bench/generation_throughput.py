@@ -1,0 +1,219 @@
+"""Generation throughput: one question at a time vs plain batched ``generate`` vs xlt_runner's path.
+
+The same MKQA questions (``--num-questions``, default 300: the first 60 question ids of each
+of 5 languages, read straight from the MIA-2022 jsonl files, which are aligned row by row)
+are answered by the packaged SmolLM2-135M-Instruct (``model=smollm2_135m``, its chat
+format, fp32) greedily with ``--max-new-tokens`` (32) three ways:
+
+* **(a) one at a time**: ``model.generate(do_sample=False)`` per question, no padding; it
+  stops at the end-of-turn token.
+* **(b) plain batched**: ``model.generate(do_sample=False)`` on left-padded batches of
+  ``--batch-size`` (32) in file order; a batch stops when every row has hit end-of-turn,
+  there is no stop-string handling.
+* **(c) xlt_runner**: what the generation data module and :func:`xlt_runner.generation.generate_greedy`
+  do: batches sorted by prompt length across all languages (``SortedEvalSampler``), left
+  padding (``PromptCollator``), per-sequence stopping (end-of-turn, or the first stop string
+  after non-blank text), finished rows dropped from the batch and the KV cache.
+
+Every side's text is cut with the same rule (:func:`xlt_runner.generation.cut_at_stop`) and
+the predictions are compared: mismatches must be 0 in fp32. Tokenisation is excluded from the
+timings (prompts are built once with :class:`~xlt_runner.data.generation.PromptFormat`).
+Counted per side: forward calls, prompt tokens entering prefill (real and padded) and
+decode row-steps (one row advancing one token).
+
+Run: ``.venv/bin/python bench/generation_throughput.py [--limit N] [--repeats R] [--threads T]``
+(``--limit`` answers only the first N questions, for a smoke run; ``--repeats`` times (b) and (c)
+R times in alternating order and compares medians, against other load on the machine).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+from common import DEFAULT_CACHE_DIR, REPO_ROOT, environment, set_threads, write_results
+
+DEFAULT_DATA_DIR = "/work/shared/data/mkqa/mia2022_dev"
+DEFAULT_LANGUAGES = ["en", "es", "ru", "ar", "ja"]  # Latin, Cyrillic, Arabic, Japanese scripts
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="directory of the MIA-2022 mkqa-<lang>.jsonl files")
+    p.add_argument("--languages", default=",".join(DEFAULT_LANGUAGES), help="comma-separated MKQA language codes")
+    p.add_argument("--num-questions", type=int, default=300, help="in all, split evenly over the languages")
+    p.add_argument("--limit", type=int, default=None, help="answer only the first N of them (smoke run)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--stop-strings", default="\\n", help="comma-separated, Python escapes allowed (default: newline)")
+    p.add_argument("--threads", type=int, default=2, help="torch intra-op threads (every side)")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="rounds of (b) and (c), in alternating order (b c, c b, ...); (a) runs once, after round 1")
+    return p.parse_args()
+
+
+def read_questions(data_dir: Path, languages: list[str], total: int) -> list[dict]:
+    """The first ``total // len(languages)`` rows of each language's file, checked to be the
+    same questions (the ids before ``_<lang>`` agree)."""
+    per_language = total // len(languages)
+    rows: dict[str, list[dict]] = {}
+    for lang in languages:
+        path = data_dir / f"mkqa-{lang}.jsonl"
+        if not path.is_file():
+            raise SystemExit(f"error: no {path}; pass --data-dir with the MIA-2022 mkqa-<lang>.jsonl files")
+        with open(path, encoding="utf-8") as handle:
+            rows[lang] = [json.loads(line) for _, line in zip(range(per_language), handle)]
+    base = [r["id"].rsplit("_", 1)[0] for r in rows[languages[0]]]
+    for lang in languages[1:]:
+        if [r["id"].rsplit("_", 1)[0] for r in rows[lang]] != base:
+            raise SystemExit(f"error: mkqa-{lang}.jsonl is not aligned with mkqa-{languages[0]}.jsonl")
+    return [row for lang in languages for row in rows[lang]]
+
+
+class WorkCounter:
+    """Forward calls, prefill tokens (tokens of calls with more than one position; real: not
+    padding) and decode row-steps (rows of one-position calls) of one model, from a forward pre-hook."""
+
+    def __init__(self, model) -> None:
+        self.reset()
+        model.register_forward_pre_hook(self._hook, with_kwargs=True)
+
+    def reset(self) -> None:
+        self.forwards = self.prefill_real = self.prefill_padded = self.decode_row_steps = 0
+
+    def _hook(self, module, args, kwargs) -> None:
+        input_ids = kwargs.get("input_ids", args[0] if args else None)
+        self.forwards += 1
+        if input_ids.shape[1] > 1:
+            self.prefill_padded += int(input_ids.numel())
+            mask = kwargs.get("attention_mask")  # generate drops an all-ones mask; a mask may also
+            # cover cached slots (a shared prefix): count the columns of this call only
+            real = mask[:, -input_ids.shape[1]:].sum() if mask is not None else input_ids.numel()
+            self.prefill_real += int(real)
+        else:
+            self.decode_row_steps += int(input_ids.shape[0])
+
+    def snapshot(self) -> dict[str, int]:
+        return {"forwards": self.forwards, "prefill_real_tokens": self.prefill_real,
+                "prefill_padded_tokens": self.prefill_padded, "decode_row_steps": self.decode_row_steps}
+
+
+def main() -> None:
+    args = parse_args()
+    set_threads(args.threads)
+    languages = [c.strip() for c in args.languages.split(",") if c.strip()]
+    stop_strings = [s.encode().decode("unicode_escape") for s in args.stop_strings.split(",") if s]
+    rows = read_questions(Path(args.data_dir), languages, args.num_questions)[:args.limit]
+
+    import numpy as np
+    import torch
+    import transformers
+
+    from xlt_runner.composition import compose
+    from xlt_runner.data.batching import SortedEvalSampler
+    from xlt_runner.data.generation import PromptCollator, PromptFormat
+    from xlt_runner.generation import cut_at_stop, generate_greedy
+    from xlt_runner.models import load_backbone
+
+    transformers.logging.set_verbosity_error()
+    cfg = compose(["model=smollm2_135m", "model.format=chat"])
+    backbone = load_backbone(cfg.model, str(REPO_ROOT / DEFAULT_CACHE_DIR))
+    model, tokenizer = backbone.model, backbone.tokenizer
+    prompt_format = PromptFormat(cfg.model, tokenizer, training=False)
+    room = cfg.model.max_length - args.max_new_tokens
+    prompts = [prompt_format.prompt_ids(row["question"], room) for row in rows]
+    eos = list(prompt_format.stop_token_ids)
+    pad = tokenizer.pad_token_id
+    collate = PromptCollator(pad)
+    counter = WorkCounter(model)
+
+    def batch_of(indices: list[int]) -> dict:
+        return collate([(np.asarray(prompts[i]), len(prompts[i]), 0, i) for i in indices])
+
+    def generated_text(new_tokens: torch.Tensor) -> str:
+        return cut_at_stop(tokenizer.decode(new_tokens, skip_special_tokens=True), stop_strings)[0]
+
+    def one_at_a_time() -> list[str]:
+        texts = []
+        for i in range(len(prompts)):
+            ids = torch.tensor([prompts[i]])
+            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                 max_new_tokens=args.max_new_tokens, eos_token_id=eos, pad_token_id=pad)
+            texts.append(generated_text(out[0, ids.shape[1]:]))
+        return texts
+
+    def plain_batched() -> list[str]:
+        texts = []
+        for start in range(0, len(prompts), args.batch_size):
+            batch = batch_of(list(range(start, min(start + args.batch_size, len(prompts)))))
+            out = model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], do_sample=False,
+                                 max_new_tokens=args.max_new_tokens, eos_token_id=eos, pad_token_id=pad)
+            texts += [generated_text(row) for row in out[:, batch["input_ids"].shape[1]:]]
+        return texts
+
+    def xlt_runner_path() -> list[str]:
+        texts: list[str] = [""] * len(prompts)
+        for indices in SortedEvalSampler([len(p) for p in prompts], args.batch_size):
+            batch = batch_of(indices)
+            outputs = generate_greedy(model, tokenizer, batch["input_ids"], batch["attention_mask"],
+                                      max_new_tokens=args.max_new_tokens, stop_strings=stop_strings,
+                                      eos_token_ids=eos)
+            for i, output in zip(batch["index"].tolist(), outputs):
+                texts[i] = output.text
+        return texts
+
+    print(f"generation_throughput: SmolLM2-135M-Instruct ({backbone.source}), chat format, fp32, greedy, "
+          f"{len(prompts)} MKQA questions ({', '.join(languages)}), max_new_tokens {args.max_new_tokens}, "
+          f"batch {args.batch_size}, stop strings {stop_strings!r}, end-of-turn ids {eos}")
+    print(f"environment: {environment()}")
+    with torch.inference_mode():
+        warm = batch_of([0])
+        model(input_ids=warm["input_ids"], attention_mask=warm["attention_mask"])  # untimed: first-call costs
+    sides = {"a_one_at_a_time": one_at_a_time, "b_plain_batched": plain_batched, "c_xlt_runner": xlt_runner_path}
+    runs: dict[str, list[dict]] = {name: [] for name in sides}
+    texts: dict[str, list[str]] = {}
+    for r in range(args.repeats):
+        order = ["b_plain_batched", "c_xlt_runner"][::1 if r % 2 == 0 else -1] + (["a_one_at_a_time"] if r == 0 else [])
+        for name in order:
+            counter.reset()
+            start = time.perf_counter()
+            with torch.inference_mode():
+                answers = sides[name]()
+            seconds = time.perf_counter() - start
+            if texts.setdefault(name, answers) != answers:
+                raise SystemExit(f"error: {name} gave other answers in round {r + 1} than in round 1")
+            runs[name].append({"seconds": seconds, "questions_per_s": len(prompts) / seconds, **counter.snapshot()})
+            print(f"  round {r + 1} {name:16s}: {seconds:7.2f} s  {len(prompts) / seconds:6.2f} questions/s  "
+                  + "  ".join(f"{k} {v:,}" for k, v in counter.snapshot().items()), flush=True)
+
+    mismatches = {other: sum(x != y for x, y in zip(texts[other], texts["c_xlt_runner"]))
+                  for other in ("a_one_at_a_time", "b_plain_batched")}
+    for other, count in mismatches.items():
+        print(f"mismatches {other} vs c_xlt_runner (cut at the stop rule): {count} of {len(prompts)}")
+    for i in [i for i, (x, y) in enumerate(zip(texts["a_one_at_a_time"], texts["c_xlt_runner"])) if x != y][:5]:
+        print(f"  question {i}: a={texts['a_one_at_a_time'][i]!r} c={texts['c_xlt_runner'][i]!r}")
+    seconds = {name: statistics.median(run["seconds"] for run in runs[name]) for name in sides}
+    c_over_a = seconds["a_one_at_a_time"] / seconds["c_xlt_runner"]
+    c_over_b = seconds["b_plain_batched"] / seconds["c_xlt_runner"]
+    empty = sum(not t for t in texts["c_xlt_runner"])
+    for name in sides:
+        print(f"{name:16s}: median {seconds[name]:.2f} s over {len(runs[name])} run(s), "
+              f"{len(prompts) / seconds[name]:.2f} questions/s")
+    print(f"speed-up c/a: {c_over_a:.1f}x (goal >= 10x); c/b: {c_over_b:.2f}x (goal >= 1.3x); "
+          f"empty answers: {empty}; first answers: {texts['c_xlt_runner'][:3]}")
+    path = write_results("generation_throughput", {
+        "what": "greedy QA generation: one at a time vs plain batched generate vs xlt_runner (sorted + per-row stop)",
+        "model": backbone.source, "format": "chat", "dtype": cfg.model.dtype, "languages": languages,
+        "questions": len(prompts), "batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens,
+        "stop_strings": stop_strings, "eos_token_ids": eos, "tokenisation_in_timing": False, "repeats": args.repeats,
+        "runs": runs, "median_seconds": seconds,
+        "speedup_c_over_a": c_over_a, "speedup_c_over_b": c_over_b, "mismatches_vs_c": mismatches,
+        "empty_answers_c": empty, "environment": environment(),
+    })
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,172 @@
+"""Generation (closed-book QA: MKQA, Mintaka): a decoder answers; scored per language on its text.
+
+Training data are prompt + answer pairs (loss on the answer only); the dev metric is the
+teacher-forced loss on the source languages' dev split (the CoCo-CoLa protocol); the test
+stage generates greedily for every target language in one length-sorted pass and writes
+``predictions.jsonl`` (one row per question: id, lang, prompt, prediction, references, scores),
+from which ``xlt-rescore`` recomputes every metric without a model.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from xlt_runner.data import GenerationExample
+from xlt_runner.metrics.generation import GENERATION_METRICS
+from xlt_runner.tasks import TASK_KINDS, TaskKind
+
+PREDICTIONS_FILE = "predictions.jsonl"
+
+
+@dataclass
+class GenerationTask:
+    """What a generation method is told: evaluation languages (the index space of a batch's
+    ``lang``), the test examples (the index space of a batch's ``index``: the data module's
+    ``eval_examples``, filled when it sets up for testing), and how to generate and score."""
+    eval_languages: list[str]
+    source_languages: list[str]
+    datamodule: Any
+    max_new_tokens: int
+    stop_strings: list[str]
+    stop_token_ids: tuple[int, ...]
+    language_identifier: str
+
+    @property
+    def examples(self) -> list[GenerationExample]:
+        return self.datamodule.eval_examples
+
+
+@TASK_KINDS.register("generation")
+class Generation(TaskKind):
+    """Decoder + prompt format; best checkpoint by source-dev loss."""
+    metrics = GENERATION_METRICS
+    primary_metric = "accuracy"
+    monitors = {"val/loss": "min"}
+    model_kinds = ("decoder",)
+
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        from xlt_runner.data.generation import check_prompt_config
+        from xlt_runner.metrics.language_id import IDENTIFIERS
+        from xlt_runner.config import ConfigError
+        super().check_config(cfg)
+        check_prompt_config(cfg.model, training=True)
+        if cfg.benchmark.language_identifier not in IDENTIFIERS:
+            raise ConfigError(f"benchmark.language_identifier={cfg.benchmark.language_identifier!r} is not known; "
+                              f"choose one of: {', '.join(IDENTIFIERS)}")
+        if cfg.benchmark.max_new_tokens < 1:
+            raise ConfigError(f"benchmark.max_new_tokens={cfg.benchmark.max_new_tokens} must be at least 1")
+
+    def __init__(self, cfg, benchmark, backbone) -> None:
+        from xlt_runner.data.generation import PromptFormat
+        super().__init__(cfg, benchmark, backbone)
+        self.prompt_format = PromptFormat(cfg.model, backbone.tokenizer, training=True)
+
+    def datamodule(self, source: list[str], targets: list[str], max_steps: int):
+        from xlt_runner.data.generation import GenerationDataModule
+        cfg, b = self.cfg, self.cfg.benchmark
+        return GenerationDataModule(
+            self.benchmark, self.backbone.tokenizer, self.prompt_format, source_languages=source,
+            target_languages=targets, batch_size=b.batch_size, eval_batch_size=b.eval_batch_size,
+            num_training_batches=max_steps * cfg.trainer.accumulate_grad_batches, seed=cfg.seed,
+            cache_dir=cfg.paths.cache_dir, max_length=cfg.model.max_length, max_new_tokens=b.max_new_tokens,
+            train_split=b.train_split, dev_split=b.dev_split, test_split=b.test_split,
+            max_train_examples_per_language=b.max_train_examples_per_language,
+            max_eval_examples_per_language=b.max_eval_examples_per_language, num_workers=b.num_workers)
+
+    def method_task(self, datamodule, source: list[str]) -> GenerationTask:
+        b = self.cfg.benchmark
+        return GenerationTask(eval_languages=datamodule.eval_languages, source_languages=source,
+                              datamodule=datamodule, max_new_tokens=b.max_new_tokens,
+                              stop_strings=list(b.stop_strings), stop_token_ids=self.prompt_format.stop_token_ids,
+                              language_identifier=b.language_identifier)
+
+    def subsample(self, datamodule) -> dict | None:
+        if not datamodule.subsampled_ids:
+            return None
+        from xlt_runner.data.generation import SUBSAMPLE_SEED
+        b = self.cfg.benchmark
+        return {"by": "question id", "seed": SUBSAMPLE_SEED,
+                "max_train_examples_per_language": b.max_train_examples_per_language,
+                "max_eval_examples_per_language": b.max_eval_examples_per_language,
+                "example_ids": datamodule.subsampled_ids}
+
+    def write_test_outputs(self, method, run_dir: Path) -> dict[str, str]:
+        write_predictions(Path(run_dir) / PREDICTIONS_FILE, method.test_predictions)
+        return {"predictions": PREDICTIONS_FILE}
+
+
+def write_predictions(path: Path, rows: list[dict]) -> None:
+    """``rows`` as JSON lines (UTF-8, not ASCII-escaped), atomically."""
+    import json
+
+    from xlt_runner.fileio import atomic_path
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+#: Per-language values of a generation run, besides ``n`` and ``identified``.
+RESULT_METRICS = ("accuracy", "exact_match", "output_language_rate", "empty_rate")
+
+
+def per_language_results(values: dict, languages: list[str]) -> dict[str, dict]:
+    """``PerLanguageGeneration.per_language()`` as the record's ``per_language``: languages with
+    examples only; a rate whose denominator is 0 (no answer with letters) is null, not NaN."""
+    results = {}
+    for i, lang in enumerate(languages):
+        n = int(values["n"][i])
+        if n:
+            rates = {name: float(values[name][i]) for name in RESULT_METRICS}
+            results[lang] = {name: (v if v == v else None) for name, v in rates.items()}
+            results[lang].update(n=n, identified=int(values["identified"][i]))
+    return results
+
+
+def rescore(run_dir: Path) -> dict:
+    """Recompute every metric of a complete generation run from its ``predictions.jsonl`` with
+    the metric code installed now (no model): per-example scores, per-language results and
+    group means; rewrites ``predictions.jsonl`` and ``results.json`` atomically and returns the
+    record (``rescored_at`` and ``rescored_changes``: how many per-example scores changed)."""
+    import json
+    from datetime import datetime, timezone
+
+    from xlt_runner.data.languages import withhold_groups_with_source_languages
+    from xlt_runner.fileio import write_json_atomic
+    from xlt_runner.metrics.generation import PerLanguageGeneration, score_prediction
+    from xlt_runner.metrics.language_id import build_identifier
+    from xlt_runner.results.record import RESULTS_FILE, read_record, write_per_language_csv
+    from xlt_runner.stages import group_means
+
+    run_dir = Path(run_dir)
+    record = read_record(run_dir)
+    if record is None or record.get("task") != "generation":
+        raise ValueError(f"{run_dir} holds no generation run record ({RESULTS_FILE} with task=generation)")
+    if record.get("status") != "complete":
+        raise ValueError(f"{run_dir / RESULTS_FILE} has status {record.get('status')!r}: only a complete run "
+                         "is rescored (its predictions cover every target language)")
+    path = run_dir / record.get("outputs", {}).get("predictions", PREDICTIONS_FILE)
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    identifier = build_identifier(record["config"]["benchmark"]["language_identifier"])
+    languages = list(record["target_languages"])
+    metric = PerLanguageGeneration(len(languages))
+    changed = 0
+    for row in rows:
+        score = score_prediction(row["prediction"], row["references"], row["lang"], identifier)
+        changed += score != row["scores"]
+        row["scores"] = score
+    metric.update_from_scores([languages.index(row["lang"]) for row in rows], [row["scores"] for row in rows])
+    per_language = per_language_results(metric.per_language(), languages)
+    missing = [lang for lang in languages if lang not in per_language]
+    if missing:
+        raise ValueError(f"{path} has no predictions for target languages {missing[:5]}")
+    members = record["group_members"]
+    groups = group_means(per_language, members, tuple(spec["name"] for spec in record["metrics"]))
+    groups, not_reported = withhold_groups_with_source_languages(groups, members, record["source_languages"])
+    write_predictions(path, rows)
+    record.update(per_language=per_language, groups=groups, groups_not_reported=not_reported,
+                  rescored_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), rescored_changes=changed)
+    write_per_language_csv(run_dir, record)
+    write_json_atomic(run_dir / RESULTS_FILE, record)
+    return record
