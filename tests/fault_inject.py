@@ -17,10 +17,11 @@ the runner's source training, driven by environment variables:
     write) at random from ``XLT_FAULT_SEED`` and the run id, for a fraction ``XLT_FAULT_P``
     (default 0.5) of the runs.
 ``XLT_LOSS_LOG=<path>``
-    Append ``{"run_id", "step", "loss", "lr", "param_sum"}`` after each optimiser step
-    (JSON lines; ``param_sum``: :func:`param_sum` of the weights after the step).
+    Append ``{"run_id", "step", "loss", "lr", "param_sum", "pid"}`` after each optimiser step
+    (JSON lines; ``param_sum``: :func:`param_sum` of the weights after the step; ``pid`` tells
+    the attempts apart).
 ``XLT_VAL_LOG=<path>``
-    Append ``{"run_id", "step", "metrics"}`` after each validation of the source training
+    Append ``{"run_id", "step", "metrics", "pid"}`` after each validation of the source training
     (``metrics``: every ``val/*`` value the trainer holds then, as floats), so that a test can
     tell a validation that a resumed run skipped or computed differently.
 """
@@ -98,7 +99,8 @@ def fault_callback(run_id: str, max_steps: int, val_every: int):
             if VAL_LOG and not trainer.sanity_checking:
                 metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
                 with open(VAL_LOG, "a", encoding="utf-8") as log:
-                    log.write(json.dumps({"run_id": run_id, "step": trainer.global_step, "metrics": metrics}) + "\n")
+                    log.write(json.dumps({"run_id": run_id, "step": trainer.global_step, "metrics": metrics,
+                                          "pid": os.getpid()}) + "\n")
 
         def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
             if batch_idx == 0:
@@ -110,7 +112,7 @@ def fault_callback(run_id: str, max_steps: int, val_every: int):
                 with open(LOSS_LOG, "a", encoding="utf-8") as log:
                     log.write(json.dumps({"run_id": run_id, "step": trainer.global_step - 1, "loss": float(loss),
                                           "lr": trainer.optimizers[0].param_groups[0]["lr"],
-                                          "param_sum": param_sum(pl_module)}) + "\n")
+                                          "param_sum": param_sum(pl_module), "pid": os.getpid()}) + "\n")
 
     callback = Fault()
     if fault and fault[1] == "write":

@@ -284,6 +284,16 @@ def test_one_warning_counts_the_truncated_prompts(tokenizer, tmp_path):
     assert all(len(seq) <= 72 for seq, *_ in dm._datasets["train"])
 
 
+def test_fitting_needs_a_prompt_format_checked_for_training(tokenizer, tmp_path):
+    generation_only = PromptFormat(replace(PLAIN, template="Q: {q} A:"), tokenizer, training=False)
+    dm = GenerationDataModule(SyntheticQA(), tokenizer, generation_only, source_languages=["en"],
+                              target_languages=["fr"], batch_size=4, eval_batch_size=4, num_training_batches=2, seed=0,
+                              cache_dir=tmp_path, max_length=96, max_new_tokens=16)
+    dm.setup("test")
+    with pytest.raises(ConfigError, match="training=True"):
+        dm.setup("fit")
+
+
 def test_prompt_room_too_small_for_the_template_is_a_config_error(tokenizer, tmp_path):
     with pytest.raises(ConfigError, match="max_new_tokens"):
         make_dm(tokenizer, tmp_path, max_length=32, max_new_tokens=30)

@@ -89,6 +89,7 @@ class PromptFormat:
         self.system_prompt = model_cfg.system_prompt
         self.tokenizer = tokenizer
         self.model_name = model_cfg.name
+        self.training = training  # checked for training: the data module refuses to fit otherwise
         if self.format == "chat":
             if not getattr(tokenizer, "chat_template", None):
                 raise ConfigError(f"model.format=chat but the tokenizer of model {model_cfg.name!r} has no chat "
@@ -437,6 +438,9 @@ class GenerationDataModule(pl.LightningDataModule):
         return data
 
     def _build(self, stage: str, languages: list[str], limit: int | None) -> str:
+        if stage != "test" and not self.prompt_format.training:
+            raise ConfigError("the prompt format was checked for generation only (PromptFormat(..., training=False)); "
+                              "build it with training=True to fit or validate")
         index = {lang: i for i, lang in enumerate(self.eval_languages)}
         if stage == "test":  # generation needs the references too
             examples = {lang: self._examples(stage, lang, limit) for lang in languages}
