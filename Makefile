@@ -34,6 +34,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/train_overhead.py
 	$(BIN)/python bench/soft_prompt_throughput.py
 	$(BIN)/python bench/launch_overhead.py --jobs 50
+	$(BIN)/python bench/sft_throughput.py
+	$(BIN)/python bench/generation_throughput.py --threads 1
 
 # Refresh constraints.txt from the current environment (after changing dependencies).
 lock:

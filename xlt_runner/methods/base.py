@@ -168,6 +168,13 @@ class MethodBase(pl.LightningModule):
         trainable, total = count_parameters(self)
         return {"trainable": trainable, "total": total}
 
+    def optimizer_step(self, *args, **kwargs) -> None:
+        """Lightning's step, then the gradients freed at once (``set_to_none``): otherwise they stay
+        alive through the next step's forward pass (one model's worth of memory for full fine-tuning)."""
+        super().optimizer_step(*args, **kwargs)
+        for optimizer in self.trainer.optimizers:
+            optimizer.zero_grad(set_to_none=True)
+
     def configure_optimizers(self):
         optimizer = build_optimizer(self.parameter_groups(), self.cfg.optim)
         warmup = resolve_warmup(self.cfg.optim, self.total_steps, self.warmup_ratio)

@@ -33,7 +33,7 @@ import numpy as np
 from xlt_runner.config import ConfigError
 from xlt_runner.fileio import file_lock, publish_dir, publish_leftovers
 
-CONVERSION_FORMAT = 1
+CONVERSION_FORMAT = 2  # 2: GGUF conversions no longer keep a "gguf" quantization_config
 """Bumped when a converter changes its output; older cache directories are then rebuilt."""
 
 STAMP_FILE = "xlt_conversion.json"
@@ -316,6 +316,8 @@ def _convert_gguf(gguf_path: Path, out_dir: Path) -> None:
         raise ValueError(f"state dict of {gguf_path.name} does not fit {type(plain).__name__}: "
                          f"missing {real_missing[:5]}, unexpected {unexpected[:5]}")
     plain.tie_weights()
+    if getattr(plain.config, "quantization_config", None) is not None:  # the weights are plain float32 now: a
+        del plain.config.quantization_config  # "gguf" marker would make save_pretrained and Trainer refuse them
     _say(f"saving {type(plain).__name__} ({sum(p.numel() for p in plain.parameters()) / 1e6:.0f}M parameters)")
     plain.save_pretrained(str(out_dir))
     tokenizer.save_pretrained(str(out_dir))

@@ -1,0 +1,36 @@
+"""Smoke runs of benchmark scripts: tiny model, generated data, tiny sizes. They keep the scripts in
+step with the project APIs they drive; the speed figures of such runs mean nothing."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+from conftest import REPO
+
+
+def test_sft_throughput_bench_smoke(tmp_path, shared_cache):
+    """``bench/sft_throughput.py --smoke``: tiny_llama on generated QA pairs, 1 + 2 steps of batch 4 per
+    contender. Without trl installed (the ``bench`` extra) only the project's contenders run."""
+    has_trl = importlib.util.find_spec("trl") is not None
+    contenders = "a_trl,b_plain,c_lightning" if has_trl else "b_plain,c_lightning"
+    out = tmp_path / "sft_throughput.json"
+    result = subprocess.run([sys.executable, "bench/sft_throughput.py", "--smoke", "--threads", "1",
+                             "--contenders", contenders, "--cache-dir", str(shared_cache), "--output", str(out)],
+                            cwd=REPO, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    checks = report["checks"]
+    assert checks["same_initial_weights"] and checks["same_loss_tokens"] and checks["same_real_tokens"]
+    assert checks["b_c_max_abs_loss_diff_all_steps"] == 0.0  # identical batches, identical steps
+    project = report["where"]["c_lightning"]
+    assert project["lm_head_rows_per_step"] == project["loss_tokens_per_step"]  # LM head on answer positions only
+    assert "lightning_overhead_vs_plain" in report["ratios"]
+    if has_trl:
+        assert checks["a_vs_project_batch0_ok"], checks  # TRL's loss on the project's first batch agrees
+        trl = report["where"]["a_trl"]
+        assert trl["lm_head_rows_per_step"] > trl["loss_tokens_per_step"]  # TRL projects every position
+        assert "c_over_a" in report["ratios"]
