@@ -39,7 +39,7 @@ class TaskKind:
         """Refuse what this task kind cannot run; raises ConfigError naming the key."""
         if cfg.model.kind not in cls.model_kinds:
             raise ConfigError(f"benchmark={cfg.benchmark.name} is a {cls.name} benchmark, which runs on "
-                              f"{' or '.join(cls.model_kinds)} models; model={cfg.model.name} is a {cfg.model.kind} "
+                              f"{' or '.join(cls.model_kinds)} models; model={cfg.model.name} is {_article(cfg.model.kind)} {cfg.model.kind} "
                               f"(model.kind). Choose another model= or benchmark=")
         monitor = cfg.trainer.monitor
         if monitor is not None and monitor not in cls.monitors:
@@ -72,3 +72,7 @@ class TaskKind:
     def write_test_outputs(self, method, run_dir: Path) -> dict[str, str]:
         """Files the test stage leaves besides the metrics; returns ``{what: path}`` for the record."""
         return {}
+
+
+def _article(word: str) -> str:
+    return "an" if word[:1] in "aeiou" else "a"
