@@ -66,8 +66,18 @@ class TaskKind:
         raise NotImplementedError
 
     def subsample(self, datamodule) -> dict | None:
-        """``record["subsample"]`` when an example cap took a sample, else None."""
-        return None
+        """``record["subsample"]`` when an example cap took a sample (how it was drawn, the caps and
+        the ids kept), else None."""
+        if not datamodule.subsampled_ids:
+            return None
+        b = self.cfg.benchmark
+        return {**self.subsample_rule(), "max_train_examples_per_language": b.max_train_examples_per_language,
+                "max_eval_examples_per_language": b.max_eval_examples_per_language,
+                "example_ids": datamodule.subsampled_ids}
+
+    def subsample_rule(self) -> dict:
+        """How this kind's data module draws a capped sample (for the record)."""
+        raise NotImplementedError
 
     def write_test_outputs(self, method, run_dir: Path) -> dict[str, str]:
         """Files the test stage leaves besides the metrics; returns ``{what: path}`` for the record."""

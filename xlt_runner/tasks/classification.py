@@ -30,12 +30,6 @@ class Classification(TaskKind):
         return ClassificationTask(labels=list(self.benchmark.labels), eval_languages=datamodule.eval_languages,
                                   source_languages=source)
 
-    def subsample(self, datamodule) -> dict | None:
-        if not datamodule.subsampled_ids:
-            return None
+    def subsample_rule(self) -> dict:
         from xlt_runner.data.classification import SUBSAMPLE_SEED
-        b = self.cfg.benchmark
-        return {"stratified_by": "label", "seed": SUBSAMPLE_SEED,
-                "max_train_examples_per_language": b.max_train_examples_per_language,
-                "max_eval_examples_per_language": b.max_eval_examples_per_language,
-                "example_ids": datamodule.subsampled_ids}
+        return {"stratified_by": "label", "seed": SUBSAMPLE_SEED}

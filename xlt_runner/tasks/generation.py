@@ -82,15 +82,9 @@ class Generation(TaskKind):
                               stop_strings=list(b.stop_strings), stop_token_ids=self.prompt_format.stop_token_ids,
                               language_identifier=b.language_identifier)
 
-    def subsample(self, datamodule) -> dict | None:
-        if not datamodule.subsampled_ids:
-            return None
+    def subsample_rule(self) -> dict:
         from xlt_runner.data.generation import SUBSAMPLE_SEED
-        b = self.cfg.benchmark
-        return {"by": "question id", "seed": SUBSAMPLE_SEED,
-                "max_train_examples_per_language": b.max_train_examples_per_language,
-                "max_eval_examples_per_language": b.max_eval_examples_per_language,
-                "example_ids": datamodule.subsampled_ids}
+        return {"by": "question id", "seed": SUBSAMPLE_SEED}
 
     def write_test_outputs(self, method, run_dir: Path) -> dict[str, str]:
         write_predictions(Path(run_dir) / PREDICTIONS_FILE, method.test_predictions)
