@@ -157,7 +157,7 @@ def main() -> None:
     counters["hf_trainer"].attach(hf_model.bert)
 
     def run_xlt_runner() -> tuple[float, dict[str, float]]:
-        loggers, _ = build_loggers(cfg, out_dir / "xlt", {})
+        loggers, _ = build_loggers(cfg, out_dir / "xlt", "bench", {})
         t = cfg.trainer
         monitor = Classification.monitor(cfg)
         callbacks = [build_checkpoint_callback(out_dir / "xlt" / "checkpoints", *monitor),

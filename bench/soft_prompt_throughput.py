@@ -181,8 +181,8 @@ def train_xlt(method: str, args: argparse.Namespace) -> dict:
     total = args.warmup + args.steps
     cfg, module, datamodule = build_xlt(method, args, total)
     datamodule.setup("fit")
-    collator = RecordingCollator(datamodule.collator)
-    datamodule.collator = collator
+    collator = RecordingCollator(datamodule.train_collator)
+    datamodule.train_collator = collator
     clock = StepClock(args.warmup, total - 1)
 
     class Clock(pl.Callback):

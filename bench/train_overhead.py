@@ -175,7 +175,7 @@ def main() -> None:
             clock = StepClock()
             if runner_style:
                 root = out_dir / method_name / "runner"
-                loggers, _ = build_loggers(cfg, root, {})
+                loggers, _ = build_loggers(cfg, root, "bench", {})
                 monitor = Classification.monitor(cfg)
                 callbacks = [build_checkpoint_callback(root / "checkpoints", *monitor),
                              *build_callbacks(cfg, method, *monitor, total_batches, cfg.trainer.val_check_interval,

@@ -121,7 +121,7 @@ def fault_callback(run_id: str, max_steps: int, val_every: int):
         def save_then_die(trainer, filepath, *args, **kwargs):
             original(trainer, filepath, *args, **kwargs)
             # the file rank 0 writes (resume.ckpt's temporary file, or resume.ckpt itself for a
-            # writer that writes in place), not best.ckpt; other ranks call this but write nothing
+            # writer that writes in place), not the best weights; other ranks call this but write nothing
             if "resume.ckpt" in os.path.basename(filepath) and trainer.is_global_zero \
                     and trainer.global_step == fault[2] and not callback.fired:
                 callback.fired = True

@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import pytorch_lightning as pl
+import torch
 
 from xlt_runner.config import BenchmarkConfig
 from xlt_runner.data import build_benchmark
-from xlt_runner.data.classification import (ClassificationDataModule, LengthGroupedTrainSampler, PaddingCollator,
-                                            SortedEvalSampler, TokenizationCache)
+from xlt_runner.data.batching import (TRAINING_BATCHES_KEY, BatchedDataModule, LengthGroupedTrainSampler,
+                                      SortedEvalSampler)
+from xlt_runner.data.classification import ClassificationDataModule, PaddingCollator, TokenizationCache
 from xlt_runner.models import build_tiny_model
 
 
@@ -126,3 +129,108 @@ def test_a_corrupt_cache_file_is_rebuilt(benchmark, tokenizer, tmp_path, caplog)
     assert (again.hits, again.misses) == (0, 1) and "unreadable" in caplog.text and str(path) in caplog.text
     assert np.array_equal(rebuilt.ids, good.ids) and list(rebuilt.example_ids) == list(good.example_ids)
     assert TokenizationCache(tmp_path, tokenizer, max_length=32).get(benchmark, "fra_Latn", "dev") is not None
+
+
+# ------------------------------------------------------------------ data position on resume
+class _IndexDataset(torch.utils.data.Dataset):
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> int:
+        return i
+
+    def lengths(self) -> np.ndarray:
+        return (np.arange(self.n) * 7) % 23 + 1
+
+
+class _IndexDataModule(BatchedDataModule):
+    def __init__(self, num_training_batches: int) -> None:
+        collate = lambda items: {"index": torch.tensor(items)}  # noqa: E731
+        super().__init__(source_languages=["en"], target_languages=["en"], batch_size=4, eval_batch_size=4,
+                         num_training_batches=num_training_batches, seed=5, splits={}, num_workers=0,
+                         max_train_examples_per_language=None, max_eval_examples_per_language=None,
+                         train_collator=collate, test_collator=collate)
+
+    def setup(self, stage=None) -> None:
+        self._datasets = {"train": _IndexDataset(40), "dev": _IndexDataset(8), "test": _IndexDataset(8)}
+
+
+class _ManualAccumulation(pl.LightningModule):
+    """Steps its optimiser itself once every ``accumulate`` batches (as a method that steps two
+    partitions or accumulates by hand does): ``global_step`` is then not the batch count."""
+
+    def __init__(self, accumulate: int) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.accumulate = accumulate
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.seen: list[list[int]] = []
+
+    def training_step(self, batch, batch_idx):
+        self.seen.append(batch["index"].tolist())
+        self.manual_backward((self.weight - batch["index"].float().mean()).pow(2).sum())
+        if (batch_idx + 1) % self.accumulate == 0:
+            optimizer = self.optimizers()
+            optimizer.step()
+            optimizer.zero_grad()
+
+    def validation_step(self, batch, batch_idx):  # validation batches are no training position
+        self.log("val/loss", batch["index"].float().mean())
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+class _StopAfter(pl.Callback):
+    """Saves a checkpoint after ``batches`` training batches, then stops as a killed job would."""
+
+    def __init__(self, batches: int, path) -> None:
+        self.batches, self.path = batches, path
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if batch_idx + 1 == self.batches:
+            trainer.save_checkpoint(self.path)
+            raise _Stopped()
+
+
+class _Stopped(Exception):
+    pass
+
+
+def _fit(dm, module, tmp_path, callbacks=(), ckpt_path=None):
+    trainer = pl.Trainer(default_root_dir=tmp_path, max_steps=dm.num_training_batches // module.accumulate,
+                         max_epochs=1, val_check_interval=6, check_val_every_n_epoch=None, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, callbacks=list(callbacks),
+                         use_distributed_sampler=False)
+    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=False)
+    return trainer
+
+
+@pytest.mark.parametrize("accumulate", [1, 3])
+def test_a_resumed_run_continues_at_the_batch_it_stopped_at_whatever_the_step_count(accumulate, tmp_path):
+    """The data module counts the batches it served; with manual accumulation ``global_step`` is a
+    third of that, and a position derived from it would serve batches 4-11 twice."""
+    undisturbed = _ManualAccumulation(accumulate)
+    _fit(_IndexDataModule(24), undisturbed, tmp_path / "a")
+    assert len(undisturbed.seen) == 24
+    first = _ManualAccumulation(accumulate)
+    with pytest.raises(_Stopped):
+        _fit(_IndexDataModule(24), first, tmp_path / "b", [_StopAfter(12, tmp_path / "stop.ckpt")])
+    resumed = _ManualAccumulation(accumulate)
+    dm = _IndexDataModule(24)
+    trainer = _fit(dm, resumed, tmp_path / "c", ckpt_path=str(tmp_path / "stop.ckpt"))
+    assert first.seen[:12] + resumed.seen == undisturbed.seen
+    assert dm.training_batches_taken == 24 and trainer.global_step == 24 // accumulate
+
+
+def test_a_resume_checkpoint_without_a_data_position_is_refused(tmp_path):
+    from xlt_runner.resume import ResumeCheckpointError, read_resume_checkpoint
+    path = tmp_path / "resume.ckpt"
+    torch.save({"global_step": 3, "state_dict": {}}, path)
+    with pytest.raises(ResumeCheckpointError, match="no training-data position"):
+        read_resume_checkpoint(str(path), "run")
+    torch.save({"global_step": 3, "_IndexDataModule": {TRAINING_BATCHES_KEY: 9}}, path)
+    assert read_resume_checkpoint(str(path), "run") == 3

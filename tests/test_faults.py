@@ -269,7 +269,7 @@ def test_overwrite_keeps_the_complete_result_until_the_rerun_completes(synthetic
     (old,) = find_records(tmp_path)
     run_dir = tmp_path / "runs" / old["run_id"]
     kept = {name: (run_dir / name).read_bytes()
-            for name in ("results.json", "per_language.csv", "method_weights.safetensors", "checkpoints/best.ckpt")}
+            for name in ("results.json", "per_language.csv", "method_weights.safetensors", "checkpoints/best.safetensors")}
 
     killed = launch([*args, "overwrite=true"], fault="SIGKILL@train:20")
     assert killed.returncode == -signal.SIGKILL
@@ -297,7 +297,7 @@ def test_an_interrupted_replacement_is_finished_by_the_next_launch(tmp_path):
     (run_dir / STAGING_DIR / "checkpoints").mkdir(parents=True)
     (run_dir / "results.json").write_text(json.dumps({"status": "complete", "v": "old"}))
     (run_dir / "per_language.csv").write_text("old")
-    (run_dir / STAGING_DIR / "checkpoints" / "best.ckpt").write_text("new")
+    (run_dir / STAGING_DIR / "checkpoints" / "best.safetensors").write_text("new")
     (run_dir / STAGING_DIR / "results.json").write_text(json.dumps({"status": "running", "v": "new"}))
     promote_staged_rerun(run_dir)  # not complete: left alone
     assert json.loads((run_dir / "results.json").read_text())["v"] == "old"
@@ -305,7 +305,7 @@ def test_an_interrupted_replacement_is_finished_by_the_next_launch(tmp_path):
     (run_dir / STAGING_DIR / "results.json").write_text(json.dumps({"status": "complete", "v": "new"}))
     promote_staged_rerun(run_dir)
     assert json.loads((run_dir / "results.json").read_text())["v"] == "new"
-    assert (run_dir / "checkpoints" / "best.ckpt").read_text() == "new"
+    assert (run_dir / "checkpoints" / "best.safetensors").read_text() == "new"
     assert (run_dir / "per_language.csv").read_text() == "old"  # the rerun wrote none here
     assert not (run_dir / STAGING_DIR).exists()
 
@@ -356,19 +356,21 @@ def test_ddp_two_ranks_sigterm_then_relaunch_equals_the_undisturbed_run(syntheti
 
 
 def test_the_record_describes_the_best_file_that_is_tested(tmp_path, capsys):
-    """A best.ckpt left by a killed attempt whose validation the resumed one did not reproduce:
-    the record takes step and score from the file, with a warning."""
+    """A best-weights file left by a killed attempt whose validation the resumed one did not
+    reproduce: the record takes step and score from the file, with a warning."""
     import torch
-    from pytorch_lightning.callbacks import ModelCheckpoint
+    from safetensors.torch import save_file
 
+    from xlt_runner.callbacks import BestWeights
     from xlt_runner.runner import best_checkpoint_facts
-    callback = ModelCheckpoint(dirpath=str(tmp_path), filename="best", monitor="val/accuracy", mode="max")
-    callback.best_model_score = torch.tensor(0.80)
-    path = tmp_path / "best.ckpt"
-    torch.save({"global_step": 16, "callbacks": {callback.state_key: {"best_model_score": torch.tensor(0.90)}}}, path)
-    assert best_checkpoint_facts(callback, str(path)) == {"step": 16, "monitor": "val/accuracy", "mode": "max",
-                                                         "score": pytest.approx(0.90)}
+    path = tmp_path / "best.safetensors"
+    callback = BestWeights(path, monitor="val/accuracy", mode="max")
+    callback.best_score, callback.best_step = 0.80, 12
+    save_file({"head.weight": torch.zeros(2)}, str(path), metadata={
+        "best_step": "16", "best_monitor": "val/accuracy", "best_mode": "max", "best_score": "0.9"})
+    assert best_checkpoint_facts(callback, path) == {"step": 16, "monitor": "val/accuracy", "mode": "max",
+                                                    "score": pytest.approx(0.90)}
     assert "saved by an earlier attempt" in capsys.readouterr().err
-    callback.best_model_score = torch.tensor(0.90)
-    best_checkpoint_facts(callback, str(path))
+    callback.best_score = 0.9
+    best_checkpoint_facts(callback, path)
     assert "earlier attempt" not in capsys.readouterr().err

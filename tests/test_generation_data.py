@@ -12,6 +12,7 @@ import pytest
 
 from xlt_runner.config import ConfigError, ModelConfig
 from xlt_runner.data import GenerationExample
+from xlt_runner.data.batching import TRAINING_BATCHES_KEY
 from xlt_runner.data.generation import (IGNORE_INDEX, GenerationDataModule, PromptFormat, check_prompt_config,
                                         subsample_by_id)
 from xlt_runner.models.tiny import build_tiny_tokenizer
@@ -171,7 +172,7 @@ def test_training_batches_carry_loss_on_the_completion_only(tokenizer, tmp_path)
         lang_code = dm.eval_languages[lang]
         example_id = data.splits[lang].example_ids[i - data.starts[lang]]
         assert seq[prompt_length:].tolist() == dm.prompt_format.completion_ids(answers[lang_code, example_id])
-    batch = dm.teacher_collator([data[i] for i in (0, 41, 79)])
+    batch = dm.train_collator([data[i] for i in (0, 41, 79)])
     assert not batch["attention_mask"].all(), "the rows differ in length"
     for row in range(len(batch["input_ids"])):
         mask = batch["attention_mask"][row].bool()
@@ -192,7 +193,7 @@ def test_training_batches_mix_sources_and_are_a_function_of_seed_and_index(token
     again = make_dm(tokenizer, tmp_path)
     again.setup("fit")
     assert [b["input_ids"].tolist() for b in again.train_dataloader()] == full
-    again.trainer = SimpleNamespace(global_step=12, accumulate_grad_batches=1, global_rank=0, world_size=1)
+    again.load_state_dict({TRAINING_BATCHES_KEY: 12})  # what a resume restores
     assert [b["input_ids"].tolist() for b in again.train_dataloader()] == full[12:], "resume continues exactly"
     other = make_dm(tokenizer, tmp_path, seed=1)
     other.setup("fit")

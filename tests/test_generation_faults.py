@@ -60,12 +60,12 @@ FAULTS = {
     # relaunch restarts from the checkpoint after the validation at 9 (the best so far) and must
     # keep it as the best through the validation at 12
     "sigkill-past-half-the-budget": Fault("SIGKILL@train:10", "running", -signal.SIGKILL, 10),
-    # killed at the first batch of the validation at step 9 (the best one, before best.ckpt
+    # killed at the first batch of the validation at step 9 (the best one, before best.safetensors
     # holds it): the relaunch restarts from step 7 and must redo that validation
     "sigkill-during-validation": Fault("SIGKILL@val:9", "running", -signal.SIGKILL, 7),
     # killed half-way through writing resume.ckpt at step 10 (the half-written temporary file is
     # left behind): the previous resume.ckpt (step 7) is intact; its best-checkpoint state (best
-    # 6) is older than the best.ckpt on disk (9), which the relaunch recomputes
+    # 6) is older than the best.safetensors on disk (9), which the relaunch recomputes
     "sigkill-during-resume-checkpoint-write": Fault("SIGKILL@write:10", "running", -signal.SIGKILL, 7),
     # SIGTERM in step 9, which the validation at 9 follows: no exact resume point before that
     # validation, so the checkpoint waits for the end of step 10; record preempted, exit 75

@@ -23,6 +23,7 @@ from xlt_runner.metrics import PerLanguageClassification
 from xlt_runner.methods import ClassificationTask
 from xlt_runner.methods.finetune import FullFineTuning, HeadOnly, Lora
 from xlt_runner.methods.base import lr_lambda, masked_mean, resolve_warmup
+from xlt_runner.results.record import RunRecord
 from xlt_runner.methods.soft_prompt import SoftPromptTuning, SptConfig
 from xlt_runner.models import Backbone, build_tiny_model
 from xlt_runner.models.tiny import build_tiny_tokenizer
@@ -459,13 +460,14 @@ def test_target_fit_uses_the_target_warmup_and_patience(monkeypatch, tmp_path):
     task_kind = SimpleNamespace(
         datamodule=lambda src, tgt, steps: SimpleNamespace(eval_languages=list(tgt)),
         method_task=lambda dm, src: ClassificationTask(labels=["a"], eval_languages=dm.eval_languages, source_languages=src),
-        metric_names=lambda: ("accuracy",))
-    record = {"per_language": {}, "timings": {}}
+        metric_names=lambda: ("accuracy",), test_results=lambda m: m.test_results)
+    record = RunRecord(run_id="r", sweep_name="s", method="m", model="x", benchmark="b", languages="l", seed=0,
+                       config={}, overrides=[], versions={}, git_commit=None, started_at="t", host="h", pid=1)
     ctx = stages.RunContext(cfg=cfg, run_dir=tmp_path, record=record, guard=None, task_kind=task_kind, table=None,
                             source=["eng_Latn"], targets=["fra_Latn", "quy_Latn"], members={}, datamodule=None,
                             method=method, loggers=[])
     stages.target_fit(ctx)
-    results, phases = record["per_language"], record["target_phases"]
+    results, phases = record.per_language, record.target_phases
     assert sorted(results) == ["fra_Latn", "quy_Latn"]
     assert phases["quy_Latn"] == {"best": {"step": 5}, "training": {"trained_steps": 40}}  # each phase's rule
     assert seen == [(0.05, 40, 5, runner.Patience(None, 30))] * 2

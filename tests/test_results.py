@@ -1,6 +1,7 @@
 """Run records, statistics, tables, plot, status and export on synthetic records."""
 from __future__ import annotations
 
+import json
 import math
 
 import pandas as pd
@@ -261,3 +262,16 @@ def test_scores_equal_up_to_summation_order_are_one_value():
     from scipy import stats
     for a, b in (([1.0, 2.0, 4.0], [2.0, 3.5, 5.0, 6.0]), ([70.0, 72.0, 74.0], [80.0, 83.0])):
         assert welch_p(a, b) == pytest.approx(stats.ttest_ind(a, b, equal_var=False).pvalue, rel=1e-12)
+
+
+def test_a_run_record_is_typed_and_leaves_out_sections_not_reached():
+    from xlt_runner.results.record import RunRecord
+    rec = RunRecord(run_id="r", sweep_name="s", method="m", model="x", benchmark="b", languages="l", seed=0,
+                    config={}, overrides=[], versions={}, git_commit=None, started_at="t", host="h", pid=1)
+    with pytest.raises(AttributeError):
+        rec.per_langauge = {}  # a typo is an error, not a new key no reader knows
+    first = rec.to_json()
+    assert first["status"] == "running" and first["best"] is None and "training" not in first and "task" not in first
+    rec.training, rec.task = None, "generation"  # an explicit null (a method that does not train) is written
+    assert rec.to_json()["training"] is None and rec.to_json()["task"] == "generation"
+    assert json.loads(json.dumps(rec.to_json())) == rec.to_json()

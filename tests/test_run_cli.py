@@ -42,11 +42,11 @@ def test_run_writes_complete_record_and_csv(finished_run):
     rows = list(csv.DictReader(open(run_dir / "per_language.csv")))
     assert len(rows) == 6 and {"language", "accuracy", "macro_f1"} <= set(rows[0])
     assert (run_dir / "method_weights.safetensors").exists()
-    # checkpoints hold the head only, not the frozen backbone
-    ckpt = run_dir / "checkpoints" / "best.ckpt"
-    import torch
-    state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    # the best weights hold the head only, not the frozen backbone, and are what method_weights holds
+    from safetensors.torch import load_file
+    state = load_file(run_dir / "checkpoints" / "best.safetensors")
     assert state and all(k.startswith("head.") for k in state)
+    assert (run_dir / "checkpoints" / "best.safetensors").samefile(run_dir / "method_weights.safetensors")
 
 
 def test_second_run_into_complete_directory_is_skipped(finished_run, synthetic_data, shared_cache):

@@ -57,8 +57,8 @@ def test_sigterm_mid_training_then_relaunch_resumes_to_identical_metrics(referen
     proc = popen_cli(args, tmp_path / "first.log")
     deadline = time.time() + 300
     best = None
-    while time.time() < deadline and proc.poll() is None:  # first validation (step 10) has written best.ckpt
-        best = next(tmp_path.rglob("checkpoints/best.ckpt"), None)
+    while time.time() < deadline and proc.poll() is None:  # first validation (step 10) has written best.safetensors
+        best = next(tmp_path.rglob("checkpoints/best.safetensors"), None)
         if best is not None:
             break
         time.sleep(0.05)

@@ -48,6 +48,7 @@ from typing import Any
 
 import torch
 
+from xlt_runner.data.batching import TRAINING_BATCHES_KEY
 from xlt_runner.fileio import Lock, atomic_path
 
 RESUME_CHECKPOINT = "resume.ckpt"
@@ -180,9 +181,10 @@ class PreemptionGuard:
 
 
 def resume_checkpoint_callback(guard: PreemptionGuard, path: Path, run_id: str, data_fingerprint: str,
-                               val_check_steps: int, every_validation: bool):
+                               val_check_steps: int, batches_per_step: int, every_validation: bool):
     """The Lightning callback that writes ``resume.ckpt`` at the end of an optimiser step that
-    no validation follows (validation runs every ``val_check_steps`` steps): when a caught
+    no validation follows (validation runs every ``val_check_steps`` steps; a step takes
+    ``batches_per_step`` training batches, whether Lightning or the method accumulates): when a caught
     signal is seen (then raises :class:`RunPreempted`) and, with ``every_validation``, at the
     first such step after each validation."""
     from pytorch_lightning.callbacks import Callback
@@ -244,7 +246,7 @@ def resume_checkpoint_callback(guard: PreemptionGuard, path: Path, run_id: str, 
             # an optimiser step (RESTARTED_ON_TRAIN_BATCH_END), and not before a validation that
             # is due now or at the end of training (a restart there would skip that validation).
             step = trainer.global_step
-            if (batch_idx + 1) % trainer.accumulate_grad_batches or step >= trainer.max_steps \
+            if trainer.datamodule.training_batches_taken % batches_per_step or step >= trainer.max_steps \
                     or step % val_check_steps == 0:
                 return
             stop = trainer.strategy.reduce_boolean_decision(guard.received is not None, all=False)
@@ -312,6 +314,9 @@ def read_resume_checkpoint(path: str, run_id: str, data_fingerprint: str | None 
         reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
         raise ResumeCheckpointError(f"cannot resume: {path} is corrupt, truncated or not a safe xlt_runner "
                                     f"checkpoint ({type(exc).__name__}: {reason}). {discard}") from None
+    if not any(isinstance(section, dict) and TRAINING_BATCHES_KEY in section for section in checkpoint.values()):
+        raise ResumeCheckpointError(f"cannot resume: {path} holds no training-data position (written by an "
+                                    f"earlier xlt_runner that derived it from the step count). {discard}")
     saved_for = checkpoint.get(RUN_ID_KEY)
     if saved_for is not None and saved_for != run_id:
         raise ResumeCheckpointError(f"cannot resume: {path} was saved by run {saved_for}, not {run_id} "

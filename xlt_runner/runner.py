@@ -27,8 +27,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from xlt_runner.identity import run_id as compute_run_id
-from xlt_runner.fileio import write_json_atomic
-from xlt_runner.results.record import environment_info, read_record, write_per_language_csv, RESULTS_FILE
+from xlt_runner.fileio import write_json_atomic, write_text_atomic
+from xlt_runner.results.record import RESULTS_FILE, RunRecord, environment_info, read_record, write_per_language_csv
 
 log = logging.getLogger("xlt_runner")
 
@@ -37,30 +37,22 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def new_record(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
-    return {
-        "status": "running",
-        "run_id": compute_run_id(cfg),
-        "sweep_name": cfg.sweep_name,
-        "method": cfg.method.name,
-        "model": cfg.model.name,
-        "benchmark": cfg.benchmark.name,
-        "languages": cfg.languages.name,
-        "seed": int(cfg.seed),
-        "source_languages": [], "target_languages": [],
-        "per_language": {}, "groups": {}, "group_members": {},
-        "params": {}, "best": None, "timings": {},
-        "config": OmegaConf.to_container(cfg, resolve=True),
-        "overrides": list(overrides),
-        **environment_info(),
-        "started_at": _now(), "finished_at": None, "error": None,
-        "host": os.uname().nodename, "pid": os.getpid(),
-    }
+def new_record(cfg: DictConfig, overrides: list[str]) -> RunRecord:
+    return RunRecord(run_id=compute_run_id(cfg), sweep_name=cfg.sweep_name, method=cfg.method.name,
+                     model=cfg.model.name, benchmark=cfg.benchmark.name, languages=cfg.languages.name,
+                     seed=int(cfg.seed), config=OmegaConf.to_container(cfg, resolve=True), overrides=list(overrides),
+                     **environment_info(), started_at=_now(), host=os.uname().nodename, pid=os.getpid())
 
 
 #: Where an ``overwrite=true`` rerun of a complete result runs until it completes (a dot-dir:
 #: ``xlt-report`` does not read it).
 STAGING_DIR = ".rerun"
+#: The best weights of a fit, in its checkpoint directory (see :func:`build_checkpoint_callback`).
+BEST_WEIGHTS_FILE = "best.safetensors"
+#: The tested weights of a run, in its directory (``method.init_from`` takes it).
+METHOD_WEIGHTS_FILE = "method_weights.safetensors"
+#: Which parameters trained (name, shape, count per line), in the run directory.
+TRAINABLE_PARAMETERS_FILE = "trainable_parameters.tsv"
 
 
 class IncompleteTrainingError(RuntimeError):
@@ -127,8 +119,8 @@ def attempt(cfg: DictConfig, run_dir: Path, overrides: list[str], writer: bool) 
     previous = read_record(run_dir)
     record = new_record(cfg, overrides)
     if previous is not None and previous.get("status") in ("preempted", "interrupted", "failed", "running"):
-        record["attempt"] = int(previous.get("attempt", 1)) + 1
-    write = (lambda: write_json_atomic(run_dir / RESULTS_FILE, record)) if writer else (lambda: None)
+        record.attempt = int(previous.get("attempt", 1)) + 1
+    write = (lambda: write_json_atomic(run_dir / RESULTS_FILE, record.to_json())) if writer else (lambda: None)
     write()
     t0 = time.perf_counter()
     wandb_logger = None
@@ -137,13 +129,12 @@ def attempt(cfg: DictConfig, run_dir: Path, overrides: list[str], writer: bool) 
             wandb_logger = _execute(cfg, run_dir, record, t0, guard)
         except BaseException as exc:  # record every failure, including KeyboardInterrupt, then re-raise
             if isinstance(exc, RunPreempted):
-                exc = name_resume_checkpoint(exc, run_dir / "checkpoints" / RESUME_CHECKPOINT, record["run_id"])
+                exc = name_resume_checkpoint(exc, run_dir / "checkpoints" / RESUME_CHECKPOINT, record.run_id)
             status = ("interrupted" if isinstance(exc, KeyboardInterrupt) or getattr(exc, "interrupted", False)
                       else "preempted" if isinstance(exc, RunPreempted) else "failed")
-            record.update(status=status, finished_at=_now(),
-                          error={"type": type(exc).__name__, "message": str(exc),
-                                 "traceback": traceback.format_exc()})
-            record["timings"]["total_s"] = time.perf_counter() - t0
+            record.status, record.finished_at = status, _now()
+            record.error = {"type": type(exc).__name__, "message": str(exc), "traceback": traceback.format_exc()}
+            record.timings["total_s"] = time.perf_counter() - t0
             write()
             _finish_wandb(wandb_logger, exit_code=1)
             if status == "preempted":
@@ -151,14 +142,14 @@ def attempt(cfg: DictConfig, run_dir: Path, overrides: list[str], writer: bool) 
             if isinstance(exc, RunPreempted):
                 raise exc from None
             raise
-        record["timings"]["total_s"] = time.perf_counter() - t0
-        record.update(status="complete", finished_at=_now())
+        record.timings["total_s"] = time.perf_counter() - t0
+        record.status, record.finished_at = "complete", _now()
         if writer:
-            write_per_language_csv(run_dir, record)
+            write_per_language_csv(run_dir, record.to_json())
             write()
             (run_dir / "checkpoints" / RESUME_CHECKPOINT).unlink(missing_ok=True)
         _finish_wandb(wandb_logger, exit_code=0)
-    return record
+    return record.to_json()
 
 
 def name_resume_checkpoint(exc, path: Path, run_id: str):
@@ -216,7 +207,7 @@ def check_same_data(cfg: DictConfig, record: dict[str, Any], run_dir: Path) -> N
             "(the old result stays until the rerun completes), or write to another paths.output_root / sweep_name.")
 
 
-def _execute(cfg: DictConfig, run_dir: Path, record: dict[str, Any], t0: float, guard=None):
+def _execute(cfg: DictConfig, run_dir: Path, record: RunRecord, t0: float, guard=None):
     """The body of a run: load the benchmark, languages, model and method, then run the regime's
     stages in order (:mod:`xlt_runner.stages`); fills ``record`` in place, returns the wandb logger."""
     import pytorch_lightning as pl
@@ -225,12 +216,13 @@ def _execute(cfg: DictConfig, run_dir: Path, record: dict[str, Any], t0: float, 
     from xlt_runner.data.languages import LanguageTable
     from xlt_runner.methods import method_class
     from xlt_runner.models import load_backbone
+    from xlt_runner.resume import process_rank
     from xlt_runner.stages import STAGES, RunContext
     from xlt_runner.tasks import TASK_KINDS
 
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     benchmark = build_benchmark(cfg.benchmark, cfg.paths.cache_dir)
-    record["data_fingerprint"] = benchmark.fingerprint()
+    record.data_fingerprint = benchmark.fingerprint()
     table = LanguageTable.for_benchmark(benchmark)
     available = benchmark.languages()
     location = data_location(benchmark)
@@ -240,37 +232,42 @@ def _execute(cfg: DictConfig, run_dir: Path, record: dict[str, Any], t0: float, 
                        if "langid_probe" in cfg.regime.stages else [])  # checked before training
     task_cls = TASK_KINDS.get(cfg.benchmark.task)
     method_cls = method_class(cfg.method.family, cfg.benchmark.task)
-    record.update(source_languages=source, target_languages=targets, group_members=members, regime=cfg.regime.name,
-                  task=task_cls.name, metrics=[spec.to_dict() for spec in task_cls.metrics],
-                  primary_metric=task_cls.primary_metric, method_family=cfg.method.family)
+    record.source_languages, record.target_languages, record.group_members = source, targets, members
+    record.regime, record.task, record.method_family = cfg.regime.name, task_cls.name, cfg.method.family
+    record.metrics = [spec.to_dict() for spec in task_cls.metrics]
+    record.primary_metric = task_cls.primary_metric
 
     backbone = load_backbone(cfg.model, cfg.paths.cache_dir)
     task_kind = task_cls(cfg, benchmark, backbone)
     datamodule = task_kind.datamodule(source, targets, cfg.trainer.max_steps)
     method = method_cls(cfg.method, backbone, task_kind.method_task(datamodule, source), total_steps=cfg.trainer.max_steps)
-    record["pooling"] = getattr(method, "pooling", None)
+    record.pooling = getattr(method, "pooling", None)
     if cfg.method.init_from:
         method.load_trainable(cfg.method.init_from)
-    record["params"] = method.parameter_counts()
-    print(f"[xlt-run] {record['run_id']}: {cfg.method.name} on {cfg.model.name} ({backbone.source}); "
+    record.params = method.parameter_counts()
+    record.outputs = {}
+    if process_rank() == 0:
+        write_text_atomic(run_dir / TRAINABLE_PARAMETERS_FILE, method.trainable_parameter_table())
+        record.outputs["trainable_parameters"] = TRAINABLE_PARAMETERS_FILE
+    print(f"[xlt-run] {record.run_id}: {cfg.method.name} on {cfg.model.name} ({backbone.source}); "
           f"regime {cfg.regime.name} ({' > '.join(cfg.regime.stages)}); {len(source)} source, {len(targets)} target "
-          f"languages; trainable {record['params']['trainable']:,} of {record['params']['total']:,} parameters")
+          f"languages; trainable {record.params['trainable']:,} of {record.params['total']:,} parameters")
 
-    loggers, wandb_logger = build_loggers(cfg, run_dir, record)
-    record["timings"]["setup_s"] = time.perf_counter() - t0
+    loggers, wandb_logger = build_loggers(cfg, run_dir, record.run_id, record.config)
+    record.timings["setup_s"] = time.perf_counter() - t0
     ctx = RunContext(cfg=cfg, run_dir=run_dir, record=record, guard=guard, task_kind=task_kind, table=table,
                      source=source, targets=targets, members=members, datamodule=datamodule, method=method,
                      loggers=loggers, probe_languages=probe_languages)
     for stage in cfg.regime.stages:
         STAGES[stage](ctx)
     if ctx.trainer is None or ctx.trainer.is_global_zero:
-        method.save_trainable(run_dir / "method_weights.safetensors")
+        save_method_weights(method, run_dir / METHOD_WEIGHTS_FILE, ctx.weights_file)
         if getattr(cfg.method, "export_pretrained", False):
             method.export_pretrained(run_dir / "model")
-            record["outputs"]["model"] = "model"
+            record.outputs["model"] = "model"
     if wandb_logger is not None:
-        log_wandb_results(wandb_logger, record)
-    print_summary(record)
+        log_wandb_results(wandb_logger, record.to_json())
+    print_summary(record.to_json())
     return wandb_logger
 
 
@@ -283,17 +280,17 @@ class Patience:
 
 
 def fit_stage(cfg: DictConfig, task_kind, method, datamodule, checkpoint_dir: Path, loggers: list, *, max_steps: int,
-              val_check_interval: int, patience: Patience, guard=None, record: dict | None = None):
+              val_check_interval: int, patience: Patience, guard=None, record: RunRecord | None = None):
     """Train for ``max_steps``, validating every ``val_check_interval`` steps on the source dev
     split; the dev metric that picks the best checkpoint and drives early stopping is
-    ``task_kind.monitor(cfg)``. Returns the trainer, the best checkpoint's path, ``{"step", "monitor", "mode", "score"}``
+    ``task_kind.monitor(cfg)``. Returns the trainer, the best weights' path (a :class:`~pathlib.Path`, None if no validation ran), ``{"step", "monitor", "mode", "score"}``
     and ``{"max_steps", "trained_steps", "stop_reason", "early_stopping"}`` (the rule as applied, or None).
 
     Raises :class:`IncompleteTrainingError` if training ended short of ``max_steps`` without
     early stopping. With a :class:`~xlt_runner.resume.PreemptionGuard`, ``checkpoint_dir/resume.ckpt``
     is written when a signal is caught (then ``RunPreempted``) and after every validation
     (``trainer.resume_checkpoint_every_validation``), and an existing one is resumed from
-    (noted in ``record["resumed_from_step"]``).
+    (noted in ``record.resumed_from_step``).
     """
     from xlt_runner.resume import RESUME_CHECKPOINT, RunPreempted, existing_resume_checkpoint
     from xlt_runner.resume import read_resume_checkpoint, resume_checkpoint_callback
@@ -304,16 +301,17 @@ def fit_stage(cfg: DictConfig, task_kind, method, datamodule, checkpoint_dir: Pa
     callbacks = [checkpoint, *build_callbacks(cfg, method, monitor, mode, max_steps, val_check_interval, patience)]
     resume_from = None
     if guard is not None:
-        run_id = record["run_id"] if record is not None else compute_run_id(cfg)
-        data_fingerprint = record.get("data_fingerprint") if record is not None else None
+        run_id = record.run_id if record is not None else compute_run_id(cfg)
+        data_fingerprint = record.data_fingerprint if record is not None else None
         callbacks.append(resume_checkpoint_callback(guard, checkpoint_dir / RESUME_CHECKPOINT, run_id, data_fingerprint,
                                                     val_check_steps=max(1, min(val_check_interval, max_steps)),
+                                                    batches_per_step=cfg.trainer.accumulate_grad_batches,
                                                     every_validation=cfg.trainer.resume_checkpoint_every_validation))
         resume_from = existing_resume_checkpoint(checkpoint_dir)
         if resume_from:
             step = read_resume_checkpoint(resume_from, run_id, data_fingerprint)
             if record is not None:
-                record["resumed_from_step"] = step
+                record.resumed_from_step = step
             print(f"[xlt-run] resuming from {resume_from} (step {step} of {max_steps})")
     trainer = build_trainer(cfg, checkpoint_dir.parent, loggers, callbacks, max_steps, val_check_interval,
                             manual_optimization=not method.automatic_optimization)
@@ -327,30 +325,43 @@ def fit_stage(cfg: DictConfig, task_kind, method, datamodule, checkpoint_dir: Pa
     if guard is not None and guard.received is not None:  # caught after the last step boundary
         raise RunPreempted(guard.signal_name, None)
     training = training_outcome(trainer, callbacks, max_steps)
-    best_path = checkpoint.best_model_path or None
+    best_path = checkpoint.saved
     best = best_checkpoint_facts(checkpoint, best_path) if best_path else None
     return trainer, best_path, best, training
 
 
-def best_checkpoint_facts(checkpoint_callback, path: str) -> dict[str, Any]:
+def save_method_weights(method, path: Path, same_as: Path | None) -> None:
+    """Write the method's trainable weights to ``path``; when ``same_as`` already holds exactly
+    them (the best weights a fit wrote and the test loaded), link it instead, so a whole model is
+    written once."""
+    if same_as is None:
+        method.save_trainable(path)
+        return
+    tmp = path.with_name(f".{path.name}.link")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(same_as, tmp)
+    except OSError:  # a file system without hard links
+        shutil.copyfile(same_as, tmp)
+    os.replace(tmp, path)
+
+
+def best_checkpoint_facts(best_weights, path: Path) -> dict[str, Any]:
     """``{"step", "monitor", "mode", "score"}`` of the file that will be tested, read from the
-    file itself: its step and the score its ModelCheckpoint state recorded when it was saved.
+    file's own header.
 
     They can differ from the callback's: an attempt killed right after saving a new best, whose
     validation the resumed attempt did not reproduce exactly (non-deterministic GPU kernels),
     leaves that file behind. The record then describes the weights actually tested, with a warning.
     """
-    import torch
-    saved = torch.load(path, map_location="cpu", weights_only=True)
-    state = (saved.get("callbacks") or {}).get(checkpoint_callback.state_key) or {}
-    score = state.get("best_model_score", checkpoint_callback.best_model_score)
-    current = checkpoint_callback.best_model_score
-    if score is not None and current is not None and float(score) != float(current):
-        print(f"[xlt-run] warning: {path} was saved by an earlier attempt with {checkpoint_callback.monitor}="
-              f"{float(score):.6g}; the resumed attempt's best was {float(current):.6g}. The record describes the "
+    from xlt_runner.callbacks import read_best_facts
+    facts = read_best_facts(path)
+    current = best_weights.best_score
+    if current is not None and facts["score"] != current:
+        print(f"[xlt-run] warning: {path} was saved by an earlier attempt with {facts['monitor']}="
+              f"{facts['score']:.6g}; the resumed attempt's best was {current:.6g}. The record describes the "
               "file that is tested.", file=sys.stderr)
-    return {"step": int(saved["global_step"]), "monitor": checkpoint_callback.monitor, "mode": checkpoint_callback.mode,
-            "score": float(score) if score is not None else None}
+    return facts
 
 
 def training_outcome(trainer, callbacks: list, max_steps: int) -> dict[str, Any]:
@@ -397,13 +408,10 @@ def build_trainer(cfg: DictConfig, root_dir: Path, loggers: list, callbacks: lis
 
 
 def build_checkpoint_callback(dirpath: Path, monitor: str, mode: str):
-    """Keeps ``best.ckpt``: the best source-dev ``monitor`` so far (``mode`` min or max); one file,
-    replaced when a validation improves on it."""
-    from pytorch_lightning.callbacks import ModelCheckpoint
-
-    return ModelCheckpoint(dirpath=str(dirpath), filename="best", monitor=monitor,
-                           mode=mode, save_top_k=1, save_last=False, enable_version_counter=False,
-                           auto_insert_metric_name=False)
+    """Keeps ``dirpath/best.safetensors``: the weights of the best source-dev ``monitor`` so far
+    (``mode`` min or max), replaced when a validation improves on it (:class:`~xlt_runner.callbacks.BestWeights`)."""
+    from xlt_runner.callbacks import BestWeights
+    return BestWeights(Path(dirpath) / BEST_WEIGHTS_FILE, monitor, mode)
 
 
 def build_callbacks(cfg: DictConfig, method, monitor: str, mode: str, max_steps: int, val_check_interval: int,
@@ -427,7 +435,7 @@ def build_callbacks(cfg: DictConfig, method, monitor: str, mode: str, max_steps:
     return callbacks
 
 
-def build_loggers(cfg: DictConfig, run_dir: Path, record: dict[str, Any]) -> tuple[list, Any]:
+def build_loggers(cfg: DictConfig, run_dir: Path, run_id: str, config: dict[str, Any]) -> tuple[list, Any]:
     from pytorch_lightning.loggers import CSVLogger
     loggers: list = []
     if cfg.logger.csv:
@@ -439,8 +447,8 @@ def build_loggers(cfg: DictConfig, run_dir: Path, record: dict[str, Any]) -> tup
         tags = list(w.tags) + [f"model:{cfg.model.name}", f"method:{cfg.method.name}",
                                f"benchmark:{cfg.benchmark.name}", f"source:{cfg.languages.name}"]
         wandb_logger = WandbLogger(project=w.project, entity=w.entity, group=w.group or cfg.sweep_name,
-                                   name=record["run_id"], id=record["run_id"], save_dir=str(run_dir),
-                                   mode=w.mode, tags=tags, resume="allow", config=record["config"])
+                                   name=run_id, id=run_id, save_dir=str(run_dir),
+                                   mode=w.mode, tags=tags, resume="allow", config=config)
         loggers.append(wandb_logger)
     return loggers, wandb_logger
 

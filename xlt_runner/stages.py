@@ -19,6 +19,7 @@ from typing import Any, Callable
 from omegaconf import DictConfig
 
 from xlt_runner.metrics.spec import LANGID_RECALL
+from xlt_runner.results.record import RunRecord
 
 
 @dataclass
@@ -26,7 +27,7 @@ class RunContext:
     """What the stages of one run share. ``record`` is the run record being filled."""
     cfg: DictConfig
     run_dir: Path
-    record: dict[str, Any]
+    record: RunRecord
     guard: Any
     task_kind: Any  # a bound xlt_runner.tasks.TaskKind
     table: Any  # the benchmark's LanguageTable
@@ -38,7 +39,9 @@ class RunContext:
     loggers: list
     probe_languages: list[str] = field(default_factory=list)
     trainer: Any = None  # the trainer of the last fit (or of the test, for a method that does not train)
-    best_path: str | None = None
+    best_path: Path | None = None  # the best weights of the last fit
+    #: A file holding exactly the method's weights as they are now (then saved by linking it), or None
+    weights_file: Path | None = None
 
 
 def fit(ctx: RunContext) -> None:
@@ -46,15 +49,15 @@ def fit(ctx: RunContext) -> None:
     cfg, record = ctx.cfg, ctx.record
     t0 = time.perf_counter()
     if not ctx.method.trains:
-        record["best"], record["training"] = None, None
+        record.best, record.training = None, None
         print(f"[xlt-run] method={cfg.method.name} does not train: testing the model as loaded")
         return
-    ctx.trainer, ctx.best_path, record["best"], record["training"] = fit_stage(
+    ctx.trainer, ctx.best_path, record.best, record.training = fit_stage(
         cfg, ctx.task_kind, ctx.method, ctx.datamodule, ctx.run_dir / "checkpoints", ctx.loggers,
         max_steps=cfg.trainer.max_steps, val_check_interval=cfg.trainer.val_check_interval,
         patience=Patience(cfg.trainer.early_stopping_patience, cfg.trainer.early_stopping_patience_epochs),
         guard=ctx.guard, record=record)
-    record["timings"]["train_s"] = time.perf_counter() - t0
+    record.timings["train_s"] = time.perf_counter() - t0
 
 
 def test(ctx: RunContext) -> None:
@@ -63,18 +66,22 @@ def test(ctx: RunContext) -> None:
     t0 = time.perf_counter()
     trainer = ctx.trainer or build_trainer(ctx.cfg, ctx.run_dir, ctx.loggers, [], max_steps=1, val_check_interval=1,
                                            manual_optimization=False)
-    trainer.test(ctx.method, datamodule=ctx.datamodule, ckpt_path=ctx.best_path, verbose=False, weights_only=True)
+    if ctx.best_path is not None:
+        ctx.method.restore_trainable(ctx.best_path)
+        ctx.weights_file = ctx.best_path
+    trainer.test(ctx.method, datamodule=ctx.datamodule, verbose=False)
     ctx.trainer = trainer
-    per_language = _complete_results(ctx.method.test_results, ctx.targets)
+    per_language = _complete_results(ctx.task_kind.test_results(ctx.method), ctx.targets)
     record = ctx.record
-    record["timings"]["test_s"] = time.perf_counter() - t0
-    record["outputs"] = ctx.task_kind.write_test_outputs(ctx.method, ctx.run_dir) if trainer.is_global_zero else {}
+    record.timings["test_s"] = time.perf_counter() - t0
+    if trainer.is_global_zero:
+        record.outputs.update(ctx.task_kind.write_test_outputs(ctx.method, ctx.run_dir))
     subsample = ctx.task_kind.subsample(ctx.datamodule)
     if subsample is not None:
-        record["subsample"] = subsample
-    record["per_language"] = per_language
+        record.subsample = subsample
+    record.per_language = per_language
     groups = group_means(per_language, ctx.members, ctx.task_kind.metric_names())
-    record["groups"], record["groups_not_reported"] = withhold_groups_with_source_languages(
+    record.groups, record.groups_not_reported = withhold_groups_with_source_languages(
         groups, ctx.members, ctx.source)
 
 
@@ -87,6 +94,7 @@ def target_fit(ctx: RunContext) -> None:
     cfg, method, record, r = ctx.cfg, ctx.method, ctx.record, ctx.cfg.regime
     t0 = time.perf_counter()
     source_state = {k: v.detach().clone() for k, v in method.trainable_state_dict().items()}
+    source_weights_file, ctx.weights_file = ctx.weights_file, None
     source_task = method.task
     results: dict[str, dict] = {}
     phases: dict[str, dict] = {}
@@ -102,20 +110,23 @@ def target_fit(ctx: RunContext) -> None:
             cfg, ctx.task_kind, method, dm, ctx.run_dir / "targets" / lang, [], max_steps=r.target_max_steps,
             val_check_interval=r.target_val_check_interval,
             patience=Patience(r.target_early_stopping_patience, r.target_early_stopping_patience_epochs))
-        trainer.test(method, datamodule=dm, ckpt_path=best_path, verbose=False, weights_only=True)
-        results[lang] = method.test_results[lang]
+        if best_path is not None:
+            method.restore_trainable(best_path)
+        trainer.test(method, datamodule=dm, verbose=False)
+        results[lang] = ctx.task_kind.test_results(method)[lang]
         phases[lang] = {"best": best, "training": training}
         shutil.rmtree(ctx.run_dir / "targets" / lang / "checkpoints", ignore_errors=True)
     method.load_state_dict(source_state, strict=False)
+    ctx.weights_file = source_weights_file
     method.warmup_ratio = None
     method.task = source_task
     method.reset_metrics()
-    record["zero_shot_per_language"] = record["per_language"]
-    record["per_language"] = _complete_results(results, ctx.targets)
-    record["target_phases"] = phases
-    record["groups"] = group_means(record["per_language"], ctx.members, ctx.task_kind.metric_names())
-    record["groups_not_reported"] = {}  # supervised in every language: no group is zero-shot
-    record["timings"]["target_fit_s"] = time.perf_counter() - t0
+    record.zero_shot_per_language = record.per_language
+    record.per_language = _complete_results(results, ctx.targets)
+    record.target_phases = phases
+    record.groups = group_means(record.per_language, ctx.members, ctx.task_kind.metric_names())
+    record.groups_not_reported = {}  # supervised in every language: no group is zero-shot
+    record.timings["target_fit_s"] = time.perf_counter() - t0
 
 
 #: Report groups of the probe: ``langid`` over every probe language, ``langid:<group>`` per report group.
@@ -125,19 +136,19 @@ PROBE_GROUP = "langid"
 def langid_probe(ctx: RunContext) -> None:
     from xlt_runner.probe import language_id_probe
     cfg, record = ctx.cfg, ctx.record
-    record["probe"] = language_id_probe(ctx.method, ctx.task_kind.benchmark, ctx.task_kind.backbone.tokenizer,
+    record.probe = language_id_probe(ctx.method, ctx.task_kind.benchmark, ctx.task_kind.backbone.tokenizer,
                                         ctx.probe_languages, cfg)
-    recall = {lang: {LANGID_RECALL.name: value} for lang, value in record["probe"]["per_language_recall"].items()}
+    recall = {lang: {LANGID_RECALL.name: value} for lang, value in record.probe["per_language_recall"].items()}
     probe_members = {PROBE_GROUP: list(ctx.probe_languages)}
     probe_members.update({f"{PROBE_GROUP}:{group}": ctx.table.resolve([group], ctx.probe_languages)
                           for group in cfg.languages.groups})
     probe_groups = group_means(recall, probe_members, (LANGID_RECALL.name,))
-    probe_groups[PROBE_GROUP][LANGID_RECALL.name] = record["probe"]["accuracy"]  # overall probe accuracy
-    record["groups"].update(probe_groups)
+    probe_groups[PROBE_GROUP][LANGID_RECALL.name] = record.probe["accuracy"]  # overall probe accuracy
+    record.groups.update(probe_groups)
     for group in probe_members:
         if group not in probe_groups:
-            record["groups_not_reported"][group] = "none of its languages is among the probe languages (regime.probe_languages)"
-    record["metrics"].append(LANGID_RECALL.to_dict())
+            record.groups_not_reported[group] = "none of its languages is among the probe languages (regime.probe_languages)"
+    record.metrics.append(LANGID_RECALL.to_dict())
 
 
 STAGES: dict[str, Callable[[RunContext], None]] = {

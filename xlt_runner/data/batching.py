@@ -1,15 +1,17 @@
-"""Batch samplers shared by the data modules (classification, generation).
+"""Batch samplers and the data-module base shared by every task kind's data module.
 
-Both shard by rank without padding, so under DDP every example is counted exactly once, and
-both are deterministic: training batch ``k`` is a pure function of (seed, k), evaluation
-batches a pure function of the lengths.
+Both samplers shard by rank without padding, so under DDP every example is counted exactly
+once, and both are deterministic: training batch ``k`` is a pure function of (seed, k),
+evaluation batches a pure function of the lengths. :class:`BatchedDataModule` counts the
+training batches the trainer has taken, which is where a resumed run's data continues.
 """
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
-from torch.utils.data import Sampler
+import pytorch_lightning as pl
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from xlt_runner.data import BenchmarkDataError
 
@@ -92,3 +94,104 @@ class SortedEvalSampler(Sampler[list[int]]):
 
     def __len__(self) -> int:
         return len(self.batches)
+
+
+#: Key of the data position in a data module's checkpoint state (``state_dict``).
+TRAINING_BATCHES_KEY = "training_batches_taken"
+
+
+class BatchedDataModule(pl.LightningDataModule):
+    """Loaders over ``self._datasets`` (``"train"``, ``"dev"``, ``"test"``; each with ``lengths()``),
+    which a subclass builds in ``setup``; ``train_collator`` serves training and validation
+    batches, ``test_collator`` test and predict batches.
+
+    **Data position.** ``training_batches_taken`` counts the training batches this process has
+    handed to the training step (counted in ``on_before_batch_transfer`` while the trainer
+    trains), is saved in every checkpoint (``state_dict``) and restored on resume, and a new
+    training loader starts at that batch. It is counted, not derived from ``global_step``: a
+    method that accumulates gradients itself or steps two optimisers per batch resumes on the
+    batch it stopped at, like any other.
+
+    ``eval_languages`` (source ∪ targets, in that order) index the ``lang`` field of every batch.
+    """
+
+    def __init__(self, *, source_languages: list[str], target_languages: list[str], batch_size: int,
+                 eval_batch_size: int, num_training_batches: int, seed: int, splits: dict[str, str],
+                 max_train_examples_per_language: int | None, max_eval_examples_per_language: int | None,
+                 num_workers: int, train_collator: Callable, test_collator: Callable) -> None:
+        super().__init__()
+        if not source_languages:
+            raise BenchmarkDataError("no source languages: set languages.source to codes the benchmark has")
+        if not target_languages:
+            raise BenchmarkDataError("no target languages: languages.targets selects none of the benchmark's languages")
+        self.source_languages = list(source_languages)
+        self.target_languages = list(target_languages)
+        self.eval_languages = list(dict.fromkeys(self.source_languages + self.target_languages))
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.num_training_batches = num_training_batches
+        self.seed = seed
+        self.splits = dict(splits)
+        self.max_train = max_train_examples_per_language
+        self.max_eval = max_eval_examples_per_language
+        self.num_workers = num_workers
+        self.train_collator = train_collator
+        self.test_collator = test_collator
+        self._datasets: dict[str, Any] = {}
+        #: stage -> language -> ids of the examples a ``max_*_examples_per_language`` cap kept
+        self.subsampled_ids: dict[str, dict[str, list[str]]] = {}
+        self.train_sampler: LengthGroupedTrainSampler | None = None
+        self.training_batches_taken = 0
+
+    # -- data position
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if self.trainer is not None and self.trainer.training:
+            self.training_batches_taken += 1
+        return batch
+
+    def state_dict(self) -> dict[str, Any]:
+        return {TRAINING_BATCHES_KEY: self.training_batches_taken}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.training_batches_taken = int(state_dict[TRAINING_BATCHES_KEY])
+
+    # -- loaders
+    def _rank_world(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+    def _loader(self, dataset: Dataset, sampler: Sampler, collator: Callable) -> DataLoader:
+        return DataLoader(dataset, batch_sampler=sampler, collate_fn=collator, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        rank, world = self._rank_world()
+        data = self._datasets["train"]
+        self.train_sampler = LengthGroupedTrainSampler(data.lengths(), self.batch_size, self.num_training_batches,
+                                                       self.seed, start_batch=self.training_batches_taken,
+                                                       rank=rank, world_size=world)
+        return self._loader(data, self.train_sampler, self.train_collator)
+
+    def _eval_loader(self, split: str, collator: Callable) -> DataLoader:
+        rank, world = self._rank_world()
+        data = self._datasets[split]
+        return self._loader(data, SortedEvalSampler(data.lengths(), self.eval_batch_size, rank, world), collator)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader("dev", self.train_collator)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader("test", self.test_collator)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.test_dataloader()
+
+    def optimizer_steps_per_epoch(self, world_size: int = 1, accumulate_grad_batches: int = 1) -> int:
+        """Optimiser steps in one pass over the training set (whole batches only, as the
+        training sampler draws them), at least 1."""
+        self.setup("fit")
+        batches_per_process = len(self._datasets["train"]) // (self.batch_size * world_size)
+        return max(1, batches_per_process // accumulate_grad_batches)
+
+    def dataset_sizes(self) -> dict[str, int]:
+        return {name: len(ds) for name, ds in self._datasets.items()}

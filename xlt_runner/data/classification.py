@@ -21,12 +21,11 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import Dataset
 
 from xlt_runner.data import BenchmarkDataError, ClassificationBenchmark, Example
-from xlt_runner.data.batching import LengthGroupedTrainSampler, SortedEvalSampler
+from xlt_runner.data.batching import BatchedDataModule
 from xlt_runner.fileio import atomic_path
 
 log = logging.getLogger(__name__)
@@ -184,11 +183,10 @@ class PaddingCollator:
 
 
 # -------------------------------------------------------------------------- datamodule
-class ClassificationDataModule(pl.LightningDataModule):
-    """Source-language training, source dev validation, per-target-language testing.
-
-    ``eval_languages`` (source ∪ targets, in that order) index the ``lang`` field of
-    every batch; methods size their per-language metrics with ``len(eval_languages)``.
+class ClassificationDataModule(BatchedDataModule):
+    """Source-language training, source dev validation, per-target-language testing
+    (loaders and the data position: :class:`~xlt_runner.data.batching.BatchedDataModule`).
+    Methods size their per-language metrics with ``len(eval_languages)``.
     """
 
     def __init__(self, benchmark: ClassificationBenchmark, tokenizer, *, source_languages: list[str],
@@ -197,31 +195,17 @@ class ClassificationDataModule(pl.LightningDataModule):
                  train_split: str = "train", dev_split: str = "dev", test_split: str = "test",
                  max_train_examples_per_language: int | None = None,
                  max_eval_examples_per_language: int | None = None, num_workers: int = 0) -> None:
-        super().__init__()
-        if not source_languages:
-            raise BenchmarkDataError("no source languages: set languages.source to codes the benchmark has")
-        if not target_languages:
-            raise BenchmarkDataError("no target languages: languages.targets selects none of the benchmark's languages")
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        collator = PaddingCollator(pad)
+        super().__init__(source_languages=source_languages, target_languages=target_languages, batch_size=batch_size,
+                         eval_batch_size=eval_batch_size, num_training_batches=num_training_batches, seed=seed,
+                         splits={"train": train_split, "dev": dev_split, "test": test_split},
+                         max_train_examples_per_language=max_train_examples_per_language,
+                         max_eval_examples_per_language=max_eval_examples_per_language, num_workers=num_workers,
+                         train_collator=collator, test_collator=collator)
         self.benchmark = benchmark
         self.tokenizer = tokenizer
-        self.source_languages = list(source_languages)
-        self.target_languages = list(target_languages)
-        self.eval_languages = list(dict.fromkeys(self.source_languages + self.target_languages))
-        self.batch_size = batch_size
-        self.eval_batch_size = eval_batch_size
-        self.num_training_batches = num_training_batches
-        self.seed = seed
-        self.splits = {"train": train_split, "dev": dev_split, "test": test_split}
-        self.max_train = max_train_examples_per_language
-        self.max_eval = max_eval_examples_per_language
-        self.num_workers = num_workers
         self.cache = TokenizationCache(Path(cache_dir) / "tokenized", tokenizer, max_length, text_prefix)
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self.collator = PaddingCollator(pad)
-        self._datasets: dict[str, MultiLanguageDataset] = {}
-        #: stage -> language -> ids of the examples a ``max_*_examples_per_language`` cap kept
-        self.subsampled_ids: dict[str, dict[str, list[str]]] = {}
-        self.train_sampler: LengthGroupedTrainSampler | None = None
 
     def _build(self, stage: str, languages: list[str], limit: int | None) -> MultiLanguageDataset:
         index = {lang: i for i, lang in enumerate(self.eval_languages)}
@@ -238,43 +222,3 @@ class ClassificationDataModule(pl.LightningDataModule):
             self._datasets["dev"] = self._build("dev", self.source_languages, self.max_eval)
         if stage in ("test", "predict", None) and "test" not in self._datasets:
             self._datasets["test"] = self._build("test", self.target_languages, self.max_eval)
-
-    def _rank_world(self) -> tuple[int, int]:
-        trainer = self.trainer
-        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-
-    def _loader(self, dataset: Dataset, sampler: Sampler) -> DataLoader:
-        return DataLoader(dataset, batch_sampler=sampler, collate_fn=self.collator, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0)
-
-    def train_dataloader(self) -> DataLoader:
-        rank, world = self._rank_world()
-        # On resume the trainer has restored global_step already: continue with the next batch.
-        start = self.trainer.global_step * self.trainer.accumulate_grad_batches if self.trainer is not None else 0
-        data = self._datasets["train"]
-        self.train_sampler = LengthGroupedTrainSampler(data.lengths(), self.batch_size, self.num_training_batches,
-                                                       self.seed, start_batch=start, rank=rank, world_size=world)
-        return self._loader(data, self.train_sampler)
-
-    def val_dataloader(self) -> DataLoader:
-        rank, world = self._rank_world()
-        data = self._datasets["dev"]
-        return self._loader(data, SortedEvalSampler(data.lengths(), self.eval_batch_size, rank, world))
-
-    def test_dataloader(self) -> DataLoader:
-        rank, world = self._rank_world()
-        data = self._datasets["test"]
-        return self._loader(data, SortedEvalSampler(data.lengths(), self.eval_batch_size, rank, world))
-
-    def predict_dataloader(self) -> DataLoader:
-        return self.test_dataloader()
-
-    def optimizer_steps_per_epoch(self, world_size: int = 1, accumulate_grad_batches: int = 1) -> int:
-        """Optimiser steps in one pass over the training set (whole batches only, as the
-        training sampler draws them), at least 1."""
-        self.setup("fit")
-        batches_per_process = len(self._datasets["train"]) // (self.batch_size * world_size)
-        return max(1, batches_per_process // accumulate_grad_batches)
-
-    def dataset_sizes(self) -> dict[str, int]:
-        return {name: len(ds) for name, ds in self._datasets.items()}

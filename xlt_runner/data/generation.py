@@ -21,13 +21,12 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import Dataset
 
 from xlt_runner.config import ConfigError, ModelConfig
 from xlt_runner.data import BenchmarkDataError, GenerationBenchmark, GenerationExample
-from xlt_runner.data.batching import LengthGroupedTrainSampler, SortedEvalSampler
+from xlt_runner.data.batching import BatchedDataModule
 from xlt_runner.data.classification import tokenizer_fingerprint
 from xlt_runner.fileio import atomic_path
 
@@ -326,11 +325,11 @@ class PromptCollator:
 
 
 # -------------------------------------------------------------------------- datamodule
-class GenerationDataModule(pl.LightningDataModule):
-    """Source-language SFT, source dev loss, per-target-language generation.
+class GenerationDataModule(BatchedDataModule):
+    """Source-language SFT, source dev loss, per-target-language generation (loaders and the
+    data position: :class:`~xlt_runner.data.batching.BatchedDataModule`).
 
-    ``eval_languages`` (source ∪ targets, in that order) index the ``lang`` field of every
-    batch. ``eval_examples`` lists the test examples (every target language, capped, file
+    ``eval_examples`` lists the test examples (every target language, capped, file
     order) that the ``index`` of test/predict batches points into. ``truncated_prompts`` /
     ``truncated_completions``: split name -> language -> examples cut to fit ``max_length``
     (one warning per :meth:`setup` says how many). ``subsampled_ids``: split name -> language
@@ -344,44 +343,29 @@ class GenerationDataModule(pl.LightningDataModule):
                  max_new_tokens: int, train_split: str = "train", dev_split: str = "dev", test_split: str = "test",
                  max_train_examples_per_language: int | None = None,
                  max_eval_examples_per_language: int | None = None, num_workers: int = 0) -> None:
-        super().__init__()
-        if not source_languages:
-            raise BenchmarkDataError("no source languages: set languages.source to codes the benchmark has")
-        if not target_languages:
-            raise BenchmarkDataError("no target languages: languages.targets selects none of the benchmark's languages")
         if max_length - max_new_tokens < prompt_format.overhead + 1:
             raise ConfigError(f"model.max_length={max_length} minus benchmark.max_new_tokens={max_new_tokens} leaves "
                               f"{max_length - max_new_tokens} tokens for a prompt, but the prompt format alone takes "
                               f"{prompt_format.overhead}; raise model.max_length or lower benchmark.max_new_tokens")
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        super().__init__(source_languages=source_languages, target_languages=target_languages, batch_size=batch_size,
+                         eval_batch_size=eval_batch_size, num_training_batches=num_training_batches, seed=seed,
+                         splits={"train": train_split, "dev": dev_split, "test": test_split},
+                         max_train_examples_per_language=max_train_examples_per_language,
+                         max_eval_examples_per_language=max_eval_examples_per_language, num_workers=num_workers,
+                         train_collator=TeacherForcedCollator(pad), test_collator=PromptCollator(pad))
         self.benchmark = benchmark
         self.tokenizer = tokenizer
         self.prompt_format = prompt_format
-        self.source_languages = list(source_languages)
-        self.target_languages = list(target_languages)
-        self.eval_languages = list(dict.fromkeys(self.source_languages + self.target_languages))
-        self.batch_size = batch_size
-        self.eval_batch_size = eval_batch_size
-        self.num_training_batches = num_training_batches
-        self.seed = seed
         self.cache_root = Path(cache_dir) / "tokenized"
         self.max_length = max_length
         self.max_new_tokens = max_new_tokens
-        self.splits = {"train": train_split, "dev": dev_split, "test": test_split}
-        self.max_train = max_train_examples_per_language
-        self.max_eval = max_eval_examples_per_language
-        self.num_workers = num_workers
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self.teacher_collator = TeacherForcedCollator(pad)
-        self.prompt_collator = PromptCollator(pad)
         self._tok_fp = tokenizer_fingerprint(tokenizer)
-        self._datasets: dict[str, QADataset] = {}
         self.eval_examples: list[GenerationExample] = []
-        self.subsampled_ids: dict[str, dict[str, list[str]]] = {}
         self.truncated_prompts: dict[str, dict[str, int]] = {}
         self.truncated_completions: dict[str, dict[str, int]] = {}
         self.cache_hits = 0
         self.cache_misses = 0
-        self.train_sampler: LengthGroupedTrainSampler | None = None
 
     # -- tokenisation and its cache
     def _cache_path(self, stage: str, lang: str, limit: int | None) -> Path:
@@ -483,46 +467,3 @@ class GenerationDataModule(pl.LightningDataModule):
                           f"{self.max_new_tokens}; "
                           f"training prompts: minus the answer) and lost the start of their question "
                           f"({'; '.join(parts)})", stacklevel=3)
-
-    # -- loaders
-    def _rank_world(self) -> tuple[int, int]:
-        trainer = self.trainer
-        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-
-    def _loader(self, dataset: Dataset, sampler: Sampler, collator) -> DataLoader:
-        return DataLoader(dataset, batch_sampler=sampler, collate_fn=collator, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0)
-
-    def train_dataloader(self) -> DataLoader:
-        rank, world = self._rank_world()
-        # On resume the trainer has restored global_step already: continue with the next batch.
-        start = self.trainer.global_step * self.trainer.accumulate_grad_batches if self.trainer is not None else 0
-        data = self._datasets["train"]
-        self.train_sampler = LengthGroupedTrainSampler(data.lengths(), self.batch_size, self.num_training_batches,
-                                                       self.seed, start_batch=start, rank=rank, world_size=world)
-        return self._loader(data, self.train_sampler, self.teacher_collator)
-
-    def val_dataloader(self) -> DataLoader:
-        rank, world = self._rank_world()
-        data = self._datasets["dev"]
-        return self._loader(data, SortedEvalSampler(data.lengths(), self.eval_batch_size, rank, world),
-                            self.teacher_collator)
-
-    def test_dataloader(self) -> DataLoader:
-        rank, world = self._rank_world()
-        data = self._datasets["test"]
-        return self._loader(data, SortedEvalSampler(data.lengths(), self.eval_batch_size, rank, world),
-                            self.prompt_collator)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self.test_dataloader()
-
-    def optimizer_steps_per_epoch(self, world_size: int = 1, accumulate_grad_batches: int = 1) -> int:
-        """Optimiser steps in one pass over the training set (whole batches only, as the
-        training sampler draws them), at least 1."""
-        self.setup("fit")
-        batches_per_process = len(self._datasets["train"]) // (self.batch_size * world_size)
-        return max(1, batches_per_process // accumulate_grad_batches)
-
-    def dataset_sizes(self) -> dict[str, int]:
-        return {name: len(ds) for name, ds in self._datasets.items()}

@@ -168,6 +168,14 @@ class MethodBase(pl.LightningModule):
         trainable, total = count_parameters(self)
         return {"trainable": trainable, "total": total}
 
+    def trainable_parameter_table(self) -> str:
+        """Every trainable parameter as TSV lines ``name, shape, count`` (a header first; tied
+        weights once, under their first name)."""
+        rows = ["name\tshape\tcount"]
+        rows += [f"{name}\t{'x'.join(map(str, p.shape))}\t{p.numel()}"
+                 for name, p in self.named_parameters() if p.requires_grad]
+        return "\n".join(rows) + "\n"
+
     def optimizer_step(self, *args, **kwargs) -> None:
         """Lightning's step, then the gradients freed at once (``set_to_none``): otherwise they stay
         alive through the next step's forward pass (one model's worth of memory for full fine-tuning)."""
@@ -201,14 +209,27 @@ class MethodBase(pl.LightningModule):
             raise RuntimeError(f"checkpoint lacks trainable parameters {sorted(missing)[:5]}...; "
                                "it was written by another method or model")
 
-    def save_trainable(self, path: str | os.PathLike) -> None:
-        """Write trainable weights as safetensors (loadable with ``method.init_from=PATH``), atomically."""
+    def save_trainable(self, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:
+        """Write trainable weights as safetensors (loadable with ``method.init_from=PATH``), atomically,
+        with ``metadata`` added to the header."""
         from safetensors.torch import save_file
 
         from xlt_runner.fileio import atomic_path
         with atomic_path(path) as tmp:
             save_file(unshared(self.trainable_state_dict()), str(tmp),
-                      metadata={"method": self.name, "backbone": self.backbone_name, **self.representation()})
+                      metadata={"method": self.name, "backbone": self.backbone_name, **self.representation(),
+                                **(metadata or {})})
+
+    def restore_trainable(self, path: str | os.PathLike) -> None:
+        """Load this run's own :meth:`save_trainable` output (the best weights of a fit) back into
+        this module; every trainable tensor must be in the file."""
+        from safetensors.torch import load_file
+        state = load_file(str(path))
+        missing = sorted(set(unshared(self.trainable_state_dict())) - set(state))
+        if missing:
+            raise RuntimeError(f"{path} lacks trainable tensors {missing[:5]}: it was written by another method "
+                               "or model")
+        self.load_state_dict(state, strict=False)
 
     def representation(self) -> dict[str, str]:
         """Settings the saved weights only make sense with (saved with them; loading checks them)."""

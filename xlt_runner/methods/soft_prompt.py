@@ -317,8 +317,9 @@ class SoftPromptMethod(ClassificationMethod):
         self.prompt.train(was_training)
         return matrix
 
-    def save_trainable(self, path: str) -> None:
-        """Trainable tensors plus ``prompt.final``, the prompt matrix, as safetensors."""
+    def save_trainable(self, path: str, metadata: dict[str, str] | None = None) -> None:
+        """Trainable tensors plus ``prompt.final``, the prompt matrix, as safetensors (``metadata``
+        added to the header)."""
         from safetensors.torch import save_file
 
         from xlt_runner.fileio import atomic_path
@@ -326,7 +327,8 @@ class SoftPromptMethod(ClassificationMethod):
         state[FINAL_PROMPT_KEY] = self.final_prompt().float().cpu().contiguous()
         with atomic_path(path) as tmp:
             save_file(state, str(tmp), metadata={"method": self.name, "backbone": self.backbone_name,
-                                                 "prompt_length": str(self.cfg.prompt_length), **self.representation()})
+                                                 "prompt_length": str(self.cfg.prompt_length), **self.representation(),
+                                                 **(metadata or {})})
 
     def representation(self) -> dict[str, str]:
         return {**super().representation(), "prompt_position": self.cfg.prompt_position}

@@ -17,8 +17,10 @@ import os
 import platform
 import subprocess
 import warnings
+from dataclasses import dataclass, field, fields
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 from xlt_runner.fileio import write_text_atomic
 
@@ -38,6 +40,77 @@ RECORDED_DISTRIBUTIONS = {
     "wandb": "wandb",
     "xlt_runner": "xlt_runner",
 }
+
+
+class _Unset:
+    """Marks a :class:`RunRecord` section the run has not reached (left out of ``results.json``)."""
+
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+UNSET: Any = _Unset()
+
+
+@dataclass(kw_only=True, slots=True)
+class RunRecord:
+    """What a run writes to ``results.json`` (:meth:`to_json`), filled in as the run proceeds.
+
+    The identity and bookkeeping fields are always written; a section still :data:`UNSET`
+    (the run has not reached it, or the regime has no such stage) is left out, so a reader can
+    tell "not reached" from an explicit ``null`` (``best``/``training`` are ``null`` for a
+    method that does not train). Assigning a name that is not a field raises
+    ``AttributeError``: a typo cannot add a key no reader knows. Readers work on the JSON
+    (:func:`load_record`), which also covers records older than this class.
+    """
+
+    # identity and bookkeeping (always written)
+    status: str = "running"
+    run_id: str
+    sweep_name: str
+    method: str
+    model: str
+    benchmark: str
+    languages: str
+    seed: int
+    source_languages: list[str] = field(default_factory=list)
+    target_languages: list[str] = field(default_factory=list)
+    per_language: dict[str, dict[str, float]] = field(default_factory=dict)
+    groups: dict[str, dict[str, float]] = field(default_factory=dict)
+    group_members: dict[str, list[str]] = field(default_factory=dict)
+    params: dict[str, int] = field(default_factory=dict)
+    best: dict[str, Any] | None = None  # {"step", "monitor", "mode", "score"} of the tested weights
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage and in total
+    config: dict[str, Any]
+    overrides: list[str]
+    versions: dict[str, str | None]
+    git_commit: str | None
+    started_at: str
+    finished_at: str | None = None
+    error: dict[str, str] | None = None  # {"type", "message", "traceback"} of a failed/preempted run
+    host: str
+    pid: int
+    # sections, written once reached
+    attempt: int = UNSET  # 2, 3, ... for a relaunch after an unfinished attempt
+    data_fingerprint: str = UNSET
+    regime: str = UNSET
+    task: str = UNSET
+    metrics: list[dict[str, Any]] = UNSET  # MetricSpec.to_dict() of every metric the run reports
+    primary_metric: str = UNSET
+    method_family: str = UNSET
+    pooling: str | None = UNSET
+    resumed_from_step: int = UNSET
+    training: dict[str, Any] | None = UNSET  # {"max_steps", "trained_steps", "stop_reason", "early_stopping"}
+    outputs: dict[str, str] = UNSET  # artefact name -> path relative to the run directory
+    subsample: dict[str, Any] = UNSET  # how an example cap drew its sample
+    groups_not_reported: dict[str, str] = UNSET  # group -> why it has no mean
+    zero_shot_per_language: dict[str, dict[str, float]] = UNSET  # target_fit: the scores before tuning
+    target_phases: dict[str, dict[str, Any]] = UNSET  # target_fit: each language's best and training
+    probe: dict[str, Any] = UNSET  # langid_probe's results
+
+    def to_json(self) -> dict[str, Any]:
+        """The record as ``results.json`` holds it (sections still UNSET left out)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not UNSET}
 
 
 class UnreadableRecord(Exception):

@@ -79,6 +79,10 @@ class TaskKind:
         """How this kind's data module draws a capped sample (for the record)."""
         raise NotImplementedError
 
+    def test_results(self, method) -> dict[str, dict]:
+        """Per-language results of the test just run: language -> metric -> value (and ``n``)."""
+        return method.test_results
+
     def write_test_outputs(self, method, run_dir: Path) -> dict[str, str]:
         """Files the test stage leaves besides the metrics; returns ``{what: path}`` for the record."""
         return {}
