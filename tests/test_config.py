@@ -20,8 +20,10 @@ GENERATION_CONTEXT = {"model": "tiny_llama", "method": "prompting", "benchmark":
 
 
 def _is_generation(cfg) -> bool:
+    from xlt_runner.methods import method_class
+    generation_only = "classification" not in method_class(cfg.method.family, "generation").supported_tasks
     return (cfg.model.kind == "decoder" or cfg.benchmark.task == "generation" or cfg.languages.name == "qa_english"
-            or cfg.method.family in ("prompting", "sft"))
+            or generation_only)
 
 
 @pytest.mark.parametrize("group,option", [(g, p.stem) for g in GROUPS for p in sorted((CONF_DIR / g).glob("*.yaml"))])

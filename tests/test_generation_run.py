@@ -65,7 +65,8 @@ def test_sft_run_records_generation_metrics_and_predictions(sft_run):
     assert record["status"] == "complete" and record["task"] == "generation" and record["method_family"] == "sft"
     assert record["primary_metric"] == "accuracy"
     specs = {m["name"]: m for m in record["metrics"]}
-    assert set(specs) == {"accuracy", "exact_match", "output_language_rate", "empty_rate"}
+    assert set(specs) == {"accuracy", "exact_match", "output_language_rate", "empty_rate", "cococola_ratio",
+                          "cococola_ratio_simplified", "cumulative_accuracy"}
     assert specs["empty_rate"]["higher_is_better"] is False
     assert record["best"]["monitor"] == "val/loss" and record["best"]["mode"] == "min"
     assert record["training"]["trained_steps"] == 6
@@ -81,7 +82,8 @@ def test_sft_run_records_generation_metrics_and_predictions(sft_run):
                for row in rows)
     assert all(row["new_tokens"] <= 6 for row in rows)
     header = (run_dir / "per_language.csv").read_text().splitlines()[0]
-    assert header.startswith("language,accuracy,exact_match,output_language_rate,empty_rate,n")
+    assert header.startswith("language,accuracy,exact_match,output_language_rate,empty_rate,cococola_ratio,"
+                             "cococola_ratio_simplified,cumulative_accuracy,n")
 
 
 def test_prompting_from_the_sft_weights_reproduces_its_predictions(sft_run, qa_data, tmp_path, shared_cache):
@@ -126,6 +128,34 @@ def test_rescore_recomputes_metrics_from_predictions(sft_run, tmp_path):
     assert rescored["per_language"]["fi"]["accuracy"] == pytest.approx(expected)
     assert rescored["per_language"]["ja"] == before["per_language"]["ja"]
     assert rescored["rescored_changes"] >= 1
+
+
+def test_language_adherence_comes_from_every_languages_gold_and_is_rescored(sft_run, tmp_path):
+    """On parallel QA the run saves every language's gold answers to its test questions and
+    reports CoCo-CoLa's ratios per language; answering the Japanese questions with the English
+    gold makes Japanese adherence 0 and its cumulative accuracy 1, and the Finnish gold for the
+    Finnish questions makes Finnish adherence 1 (rescored from the saved files alone)."""
+    import shutil
+    record, run_dir = sft_run["record"], tmp_path / "run"
+    assert record["outputs"]["parallel_references"] == "parallel_references.json"
+    assert {"cococola_ratio", "cococola_ratio_simplified", "cumulative_accuracy"} <= {m["name"] for m in record["metrics"]}
+    assert all("cococola_ratio" in scores for scores in record["per_language"].values())
+    assert record["per_language"]["en"]["cococola_ratio_simplified"] is None  # undefined for English itself
+    shutil.copytree(sft_run["dir"], run_dir, ignore=shutil.ignore_patterns("checkpoints", "*.safetensors"))
+    gold = json.loads((run_dir / "parallel_references.json").read_text(encoding="utf-8"))
+    path = run_dir / "predictions.jsonl"
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    for row in rows:
+        if row["lang"] == "ja":
+            row["prediction"] = gold["en"][row["id"]][0]
+        elif row["lang"] == "fi":
+            row["prediction"] = gold["fi"][row["id"]][0]
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    assert run_rescore(run_dir).returncode == 0
+    rescored = json.loads((run_dir / "results.json").read_text())["per_language"]
+    assert rescored["ja"]["cococola_ratio"] == 0.0 and rescored["ja"]["cumulative_accuracy"] == 1.0
+    assert rescored["ja"]["cococola_ratio_simplified"] == 0.0 and rescored["ja"]["accuracy"] == 0.0
+    assert rescored["fi"]["cococola_ratio"] == 1.0 and rescored["fi"]["cococola_ratio_n"] == TEST_SIZE
 
 
 def test_rescore_refuses_what_it_cannot_rescore(tmp_path):

@@ -142,6 +142,13 @@ class _ParallelQA:
             self._fingerprint = digest.hexdigest()
         return self._fingerprint
 
+    def parallel_references(self, question_ids: list[str]) -> dict[str, dict[str, list[str]]]:
+        """Every language's gold answers to ``question_ids``: language -> question id -> answers
+        (the same question in every language; what CoCo-CoLa's ratios compare a prediction with)."""
+        wanted = set(question_ids)
+        return {lang: {qid: list(ex.references) for qid, ex in self._questions(lang).items() if qid in wanted}
+                for lang in self.languages()}
+
     def _reference_language(self) -> str:
         """The language whose question ids define the splits (all languages have the same)."""
         available = self.languages()

@@ -1,4 +1,5 @@
-"""Decoder methods for generation benchmarks: ``prompting``, ``sft`` and ``lora`` on decoders.
+"""Decoder methods for generation benchmarks: ``prompting``, ``sft``, ``partial_layers`` and
+``lora`` on decoders.
 
 Supports: ``benchmark.task=generation`` on ``model.kind=decoder``. Training is supervised
 fine-tuning on prompt + answer with the loss on the answer tokens only (mean over the batch's
@@ -27,6 +28,7 @@ from xlt_runner.methods import METHODS
 from xlt_runner.methods.base import MethodBase, NonFiniteValueError
 from xlt_runner.methods.finetune import LoraConfig, apply_lora
 from xlt_runner.models import Backbone
+from xlt_runner.models.layers import LayerSelection, check_selection, select_parameters
 from xlt_runner.tasks.generation import per_language_results
 
 
@@ -46,6 +48,18 @@ class SftConfig(MethodConfig):
     family: str = "sft"
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=2e-5, warmup_ratio=0.03, schedule="linear"))
     export_pretrained: bool = False
+
+
+@dataclass
+class PartialLayersConfig(SftConfig):
+    """Fine-tuning of the parameters ``trainable`` selects (:mod:`xlt_runner.models.layers`: layer
+    ranges, first/last parts of the depth, module types, embeddings / lm_head / final norm), the
+    rest frozen; the optimiser otherwise as ``sft``. ``gradient_checkpointing``: recompute the
+    trainable layers' activations in the backward pass instead of keeping them."""
+    name: str = "partial_layers"
+    family: str = "partial_layers"
+    trainable: LayerSelection = field(default_factory=lambda: LayerSelection(last=0.25))
+    gradient_checkpointing: bool = False
 
 
 class DecoderMethod(MethodBase):
@@ -206,6 +220,28 @@ class SupervisedFineTuning(DecoderMethod):
 
     def configure_trainable(self) -> None:
         self.backbone.requires_grad_(True)
+
+
+@METHODS.register("partial_layers", PartialLayersConfig)
+class PartialLayers(DecoderMethod):
+    """Only the parameters ``method.trainable`` selects train (CoCo-CoLa's final-layer tuning).
+
+    Cost: frozen parameters get no gradient and no optimiser state (the optimiser sees only
+    trainable ones); below the lowest trainable layer no input requires a gradient, so autograd
+    records nothing there and keeps none of those layers' activations (tested); with
+    ``gradient_checkpointing`` the trainable layers recompute theirs in the backward pass.
+    """
+
+    @classmethod
+    def check_method_config(cls, cfg: PartialLayersConfig) -> None:
+        check_selection(cfg.trainable, "method.trainable")
+
+    def configure_trainable(self) -> None:
+        chosen = set(select_parameters(self.backbone, self.cfg.trainable))
+        for name, param in self.backbone.named_parameters():
+            param.requires_grad_(name in chosen)
+        if self.cfg.gradient_checkpointing:
+            self.backbone.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
 
 
 @METHODS.register("lora:generation")

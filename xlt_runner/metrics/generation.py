@@ -294,4 +294,13 @@ GENERATION_METRICS: tuple[MetricSpec, ...] = (
                            "(identifier: py3langid)"),
     MetricSpec(name="empty_rate", higher_is_better=False,
                description="share of predictions that are empty after normalisation"),
+    # on parallel QA (every language's gold answer to the same question): language adherence
+    MetricSpec(name="cococola_ratio",
+               description="CoCo-CoLa ratio (Eq. 3): of the questions answered correctly in exactly one of "
+                           "the question's language or another language, the share in the question's language"),
+    MetricSpec(name="cococola_ratio_simplified",
+               description="CoCo-CoLa ratio (Eq. 4): correct in the question's language / (that + correct in "
+                           "English), on questions whose gold answers differ between the two"),
+    MetricSpec(name="cumulative_accuracy",
+               description="share of questions answered correctly in their own language or in English"),
 )

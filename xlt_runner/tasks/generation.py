@@ -62,6 +62,7 @@ class Generation(TaskKind):
         from xlt_runner.data.generation import PromptFormat
         super().__init__(cfg, benchmark, backbone)
         self.prompt_format = PromptFormat(cfg.model, backbone.tokenizer, training=True)
+        self._references: dict[tuple[str, ...], dict] = {}  # tested question ids -> parallel gold answers
 
     def datamodule(self, source: list[str], targets: list[str], max_steps: int):
         from xlt_runner.data.generation import GenerationDataModule
@@ -86,9 +87,55 @@ class Generation(TaskKind):
         from xlt_runner.data.generation import SUBSAMPLE_SEED
         return {"by": "question id", "seed": SUBSAMPLE_SEED}
 
+    def _parallel_references(self, method) -> dict[str, dict[str, list[str]]] | None:
+        """Every language's gold answers to the tested questions, when the benchmark has them."""
+        if not hasattr(self.benchmark, "parallel_references"):
+            return None
+        ids = tuple(dict.fromkeys(row["id"] for row in method.test_predictions))
+        if ids not in self._references:
+            self._references[ids] = self.benchmark.parallel_references(list(ids))
+        return self._references[ids]
+
+    def test_results(self, method) -> dict[str, dict]:
+        """The method's per-language results plus, on parallel QA, the language-adherence measures
+        (:data:`ADHERENCE_METRICS`) from its predictions and every language's gold answers."""
+        references = self._parallel_references(method)
+        if references is None:
+            return method.test_results
+        return with_adherence(method.test_results, method.test_predictions, references)
+
     def write_test_outputs(self, method, run_dir: Path) -> dict[str, str]:
+        from xlt_runner.fileio import write_json_atomic
         write_predictions(Path(run_dir) / PREDICTIONS_FILE, method.test_predictions)
-        return {"predictions": PREDICTIONS_FILE}
+        outputs = {"predictions": PREDICTIONS_FILE}
+        references = self._parallel_references(method)
+        if references is not None:
+            write_json_atomic(Path(run_dir) / PARALLEL_REFERENCES_FILE, references)
+            outputs["parallel_references"] = PARALLEL_REFERENCES_FILE
+        return outputs
+
+
+#: Every language's gold answers to a run's test questions (language -> id -> answers), so that
+#: ``xlt-rescore`` recomputes the language-adherence measures without the benchmark.
+PARALLEL_REFERENCES_FILE = "parallel_references.json"
+#: Per-language language-adherence values (parallel QA only): record name -> LanguageAdherence field.
+ADHERENCE_METRICS = {"cococola_ratio": "ratio_general", "cococola_ratio_simplified": "ratio_simplified",
+                     "cumulative_accuracy": "cumulative_accuracy"}
+
+
+def with_adherence(results: dict[str, dict], rows: list[dict], references: dict) -> dict[str, dict]:
+    """``results`` with each language's :data:`ADHERENCE_METRICS` (None where undefined) and the
+    questions behind the two ratios (``cococola_ratio_n``, ``cococola_ratio_simplified_n``)."""
+    from xlt_runner.metrics.language_adherence import adherence_from_predictions
+    adherence = adherence_from_predictions(rows, references)
+    merged = {}
+    for lang, scores in results.items():
+        merged[lang] = dict(scores)
+        if lang in adherence:
+            a = adherence[lang]
+            merged[lang].update({name: getattr(a, field) for name, field in ADHERENCE_METRICS.items()},
+                                cococola_ratio_n=a.ratio_general_n, cococola_ratio_simplified_n=a.ratio_simplified_n)
+    return merged
 
 
 def write_predictions(path: Path, rows: list[dict]) -> None:
@@ -155,6 +202,9 @@ def rescore(run_dir: Path) -> dict:
     missing = [lang for lang in languages if lang not in per_language]
     if missing:
         raise ValueError(f"{path} has no predictions for target languages {missing[:5]}")
+    references_file = run_dir / record.get("outputs", {}).get("parallel_references", PARALLEL_REFERENCES_FILE)
+    if references_file.is_file():
+        per_language = with_adherence(per_language, rows, json.loads(references_file.read_text(encoding="utf-8")))
     members = record["group_members"]
     groups = group_means(per_language, members, tuple(spec["name"] for spec in record["metrics"]))
     groups, not_reported = withhold_groups_with_source_languages(groups, members, record["source_languages"])

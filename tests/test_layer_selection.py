@@ -1,0 +1,98 @@
+"""The layer-spec grammar of decoder parameter selection (xlt_runner/models/layers.py)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from xlt_runner.config import ConfigError
+from xlt_runner.models.layers import (LayerSelection, check_selection, describe_decoder, parameter_part,
+                                      resolve_layers, select_parameters)
+
+
+def _llama(layers: int = 8, tied: bool = False):
+    from transformers import LlamaConfig, LlamaForCausalLM
+    config = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=layers,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32,
+                         tie_word_embeddings=tied)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return LlamaForCausalLM(config)
+
+
+def _layers_of(names: list[str]) -> set[int]:
+    return {int(n.split(".")[2]) for n in names if n.startswith("model.layers.")}
+
+
+@pytest.mark.parametrize("spec, expected", [
+    (dict(layers=[-8, -1]), list(range(8, 16))),     # the last eight, the last layer included
+    (dict(layers=[10, 15]), list(range(10, 16))),    # Llama-3.2-1B's paper layers 11-16 (1-based)
+    (dict(layers=[[0, 5], [-2, -1]]), [0, 1, 2, 3, 4, 5, 14, 15]),
+    (dict(last=0.25), [12, 13, 14, 15]),
+    (dict(first=0.25), [0, 1, 2, 3]),
+    (dict(last=0.2), [12, 13, 14, 15]),              # 3.2 layers round up to 4
+    (dict(first=6, last=2), [0, 1, 2, 3, 4, 5, 14, 15]),
+    (dict(last=1.0), list(range(16))),               # a float is a fraction: every layer
+    (dict(last=1), [15]),                            # an int is a count: one layer
+    (dict(layers=[3, 3]), [3]),
+])
+def test_layer_ranges_are_inclusive_and_count_from_the_end(spec, expected):
+    assert resolve_layers(LayerSelection(**spec), 16) == expected
+
+
+@pytest.mark.parametrize("spec, message", [
+    (dict(layers=[0, 16]), "outside the model's 16 layers"),
+    (dict(layers=[-17, -1]), "outside the model's 16 layers"),
+    (dict(layers=[5, 2]), "is empty"),
+    (dict(layers=[[0, 5], [4, 8]]), "overlap in layer"),
+    (dict(first=8, last=0.6), "overlap in layer"),
+    (dict(last=17), "the model has 16 layers"),
+    (dict(last=0.0), r"must be in \(0, 1\]"),
+    (dict(last=1.5), r"must be in \(0, 1\]"),
+    (dict(layers=[1, 2, 3]), r"\[start, end\]"),
+    (dict(last="all"), "a fraction of the depth"),
+])
+def test_a_spec_the_model_cannot_satisfy_is_a_config_error(spec, message):
+    with pytest.raises(ConfigError, match=message):
+        resolve_layers(LayerSelection(**spec), 16)
+
+
+def test_an_empty_selection_and_unknown_parts_are_refused_without_a_model():
+    with pytest.raises(ConfigError, match="selects nothing"):
+        check_selection(LayerSelection(), "method.trainable")
+    with pytest.raises(ConfigError, match="unknown part"):
+        check_selection(LayerSelection(last=2, modules=["attn"]), "method.trainable")
+
+
+def test_parts_of_a_layer_and_outside_it_are_told_apart():
+    model = _llama(4)
+    layout = describe_decoder(model)
+    assert (layout.layers_prefix, layout.num_layers, layout.tied) == ("model.layers", 4, False)
+    assert parameter_part("model.layers.2.self_attn.q_proj.weight", layout) == (2, "attention")
+    assert parameter_part("model.layers.2.mlp.down_proj.weight", layout) == (2, "mlp")
+    assert parameter_part("model.layers.3.post_attention_layernorm.weight", layout) == (3, "norms")
+    assert parameter_part("model.embed_tokens.weight", layout) == (None, "embeddings")
+    assert parameter_part("lm_head.weight", layout) == (None, "lm_head")
+    assert parameter_part("model.norm.weight", layout) == (None, "final_norm")
+
+
+def test_module_filters_and_switches_select_exactly_their_parameters():
+    model = _llama(8)
+    names = select_parameters(model, LayerSelection(last=2, modules=["mlp"], lm_head=True))
+    assert _layers_of(names) == {6, 7}
+    assert all(".mlp." in n for n in names if n.startswith("model.layers."))
+    assert "lm_head.weight" in names and "model.embed_tokens.weight" not in names
+    assert "model.norm.weight" not in names
+    every_part = select_parameters(model, LayerSelection(layers=[7, 7]))
+    assert every_part == [n for n, _ in model.named_parameters() if n.startswith("model.layers.7.")]
+
+
+def test_tied_embeddings_train_together_or_not_at_all():
+    tied = _llama(4, tied=True)
+    assert describe_decoder(tied).tied
+    with pytest.raises(ConfigError, match="tied to the input embedding"):
+        select_parameters(tied, LayerSelection(last=1, lm_head=True))
+    names = select_parameters(tied, LayerSelection(last=1, lm_head=True, embeddings=True))
+    assert "model.embed_tokens.weight" in names and "lm_head.weight" not in names  # one shared matrix
+    untied = _llama(4, tied=False)
+    names = select_parameters(untied, LayerSelection(last=1, lm_head=True))
+    assert "lm_head.weight" in names and "model.embed_tokens.weight" not in names

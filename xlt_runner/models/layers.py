@@ -1,0 +1,194 @@
+"""Which parameters of a decoder LLM train: a readable layer spec, resolved against the model.
+
+A :class:`LayerSelection` (config section, e.g. ``method.trainable``) names transformer layers
+and, within them, module types, plus switches for the parameters outside the layers:
+
+- ``layers``: one inclusive range ``[start, end]`` or a list of them ``[[0, 5], [-2, -1]]``,
+  0-based as in the module names (``model.layers.<i>``); a negative index counts from the end
+  (``[-8, -1]`` = the last eight, the last layer included: no half-open ``range(start, end)``).
+- ``first`` / ``last``: the first or last part of the depth, as a count (an int: ``last: 8``) or
+  a fraction of the layers (a float in (0, 1]: ``last: 0.25``; rounded up, so at least one layer
+  is chosen; ``1.0`` is every layer, ``1`` one layer). Relative specs fit 16-, 28- and 36-layer
+  models alike.
+- The chosen layers are the union of ``layers``, ``first`` and ``last``; ranges that overlap
+  each other are refused (a spec that names a layer twice is usually a mistake).
+- ``modules``: the parts of a chosen layer that train: ``attention`` (everything under the
+  layer's attention module, its q/k norms included), ``mlp``, ``norms`` (the layer's own norms
+  outside those two).
+- ``embeddings``, ``lm_head``, ``final_norm``: the parameters outside the layers. On a model
+  whose ``lm_head`` shares its weight with the input embedding (tied), training one trains the
+  other: ``lm_head: true`` without ``embeddings: true`` is refused there, and ``embeddings:
+  true`` trains the shared matrix.
+
+:func:`select_parameters` returns the names (as ``model.named_parameters()`` gives them) that
+the selection trains; everything else stays frozen.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from xlt_runner.config import ConfigError
+
+#: Parts of a transformer layer a selection can name in ``modules``.
+LAYER_PARTS = ("attention", "mlp", "norms")
+_ATTENTION_CHILDREN = ("self_attn", "attn", "attention", "self_attention")
+_MLP_CHILDREN = ("mlp", "feed_forward", "ffn")
+
+
+@dataclass
+class LayerSelection:
+    """Trainable parameters of a decoder (see the module docstring for the grammar). ``layers``:
+    ``[start, end]`` or ``[[start, end], ...]`` (inclusive, negative from the end); ``first`` /
+    ``last``: an int count or a float fraction of the depth; ``modules``: parts of a chosen layer."""
+    layers: Any = None
+    first: Any = None
+    last: Any = None
+    modules: list[str] = field(default_factory=lambda: list(LAYER_PARTS))
+    embeddings: bool = False
+    lm_head: bool = False
+    final_norm: bool = False
+
+
+@dataclass(frozen=True)
+class DecoderLayout:
+    """Where a decoder keeps its layers and the parameters outside them."""
+    layers_prefix: str  # e.g. "model.layers"
+    num_layers: int
+    embedding_names: frozenset[str]
+    lm_head_names: frozenset[str]  # empty when tied (the embedding's names hold the weight)
+    tied: bool
+    final_norm_names: frozenset[str]
+
+
+def describe_decoder(model: nn.Module) -> DecoderLayout:
+    """The layout of a causal LM (Llama, Gemma, Qwen, Mistral, SmolLM, ...): the ``ModuleList`` of
+    ``config.num_hidden_layers`` layers, the input embedding, the output head and the final norm."""
+    depth = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+    prefix = next((name for name, module in model.named_modules()
+                   if isinstance(module, nn.ModuleList) and len(module) == depth and name.endswith("layers")), None)
+    if prefix is None:
+        raise ConfigError(f"{type(model).__name__}: no list of {depth} transformer layers found (config."
+                          "num_hidden_layers); layer selection supports decoders laid out like Llama")
+    names = {id(p): n for n, p in model.named_parameters(remove_duplicate=True)}
+    embedding = model.get_input_embeddings()
+    head = model.get_output_embeddings()
+    embedding_names = frozenset(names[id(p)] for p in embedding.parameters())
+    head_params = list(head.parameters()) if head is not None else []
+    tied = any(p is q for p in head_params for q in embedding.parameters())
+    head_names = frozenset(names[id(p)] for p in head_params if id(p) in names) - embedding_names
+    decoder_prefix = prefix.rsplit(".", 1)[0]
+    final_norm = frozenset(n for n in names.values() if n.startswith(f"{decoder_prefix}.norm."))
+    return DecoderLayout(prefix, depth, embedding_names, head_names, tied, final_norm)
+
+
+def _layer_count(value: Any, key: str, depth: int) -> int:
+    """Layers named by ``first``/``last``: an int count or a float fraction of ``depth`` (rounded up)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{key}={value!r}: give a number of layers (int) or a fraction of the depth (float)")
+    if isinstance(value, float):
+        if not 0 < value <= 1:
+            raise ConfigError(f"{key}={value}: a fraction of the depth must be in (0, 1]")
+        return math.ceil(value * depth)
+    if not 1 <= value <= depth:
+        raise ConfigError(f"{key}={value}: the model has {depth} layers")
+    return value
+
+
+def _ranges(layers: Any, key: str) -> list[tuple[int, int]]:
+    if layers is None:
+        return []
+    items = list(layers)
+    if len(items) == 2 and all(isinstance(i, int) and not isinstance(i, bool) for i in items):
+        items = [items]
+    ranges = []
+    for item in items:
+        pair = list(item) if not isinstance(item, (int, str)) else None
+        if pair is None or len(pair) != 2 or not all(isinstance(i, int) and not isinstance(i, bool) for i in pair):
+            raise ConfigError(f"{key}={layers!r}: write a range as [start, end] (inclusive; negative counts from "
+                              "the end) or a list of such ranges")
+        ranges.append((pair[0], pair[1]))
+    return ranges
+
+
+def check_selection(selection: LayerSelection, key: str) -> None:
+    """The checks that need no model: the grammar, module names, switches. Raises ConfigError."""
+    _ranges(selection.layers, f"{key}.layers")
+    for name in ("first", "last"):
+        value = getattr(selection, name)
+        if value is not None:
+            _layer_count(value, f"{key}.{name}", depth=10**9)
+    unknown = sorted(set(selection.modules) - set(LAYER_PARTS))
+    if unknown:
+        raise ConfigError(f"{key}.modules: unknown part(s) {unknown}; choose from {list(LAYER_PARTS)}")
+    if selection.layers is None and selection.first is None and selection.last is None \
+            and not (selection.embeddings or selection.lm_head or selection.final_norm):
+        raise ConfigError(f"{key} selects nothing: set layers, first or last (or embeddings, lm_head, final_norm)")
+
+
+def resolve_layers(selection: LayerSelection, depth: int, key: str = "method.trainable") -> list[int]:
+    """The 0-based layer indices ``selection`` chooses in a ``depth``-layer model, ascending.
+    Raises ConfigError for an index outside the depth, an empty range or overlapping ranges."""
+    chosen: list[tuple[str, set[int]]] = []
+    for start, end in _ranges(selection.layers, f"{key}.layers"):
+        lo, hi = (i + depth if i < 0 else i for i in (start, end))
+        if not (0 <= lo < depth and 0 <= hi < depth):
+            raise ConfigError(f"{key}.layers=[{start}, {end}] is outside the model's {depth} layers "
+                              f"(indices 0..{depth - 1}, or -{depth}..-1 from the end)")
+        if lo > hi:
+            raise ConfigError(f"{key}.layers=[{start}, {end}] is empty (layer {lo} comes after layer {hi}); "
+                              "ranges are [start, end] with start <= end")
+        chosen.append((f"layers [{start}, {end}]", set(range(lo, hi + 1))))
+    if selection.first is not None:
+        chosen.append((f"first={selection.first}", set(range(_layer_count(selection.first, f"{key}.first", depth)))))
+    if selection.last is not None:
+        n = _layer_count(selection.last, f"{key}.last", depth)
+        chosen.append((f"last={selection.last}", set(range(depth - n, depth))))
+    for i, (name_a, a) in enumerate(chosen):
+        for name_b, b in chosen[i + 1:]:
+            if a & b:
+                raise ConfigError(f"{key}: {name_a} and {name_b} overlap in layer(s) {sorted(a & b)} of {depth}; "
+                                  "name each layer once")
+    return sorted(set().union(*(s for _, s in chosen)))
+
+
+def parameter_part(name: str, layout: DecoderLayout) -> tuple[int | None, str]:
+    """(layer index or None, part) of a parameter: part is one of :data:`LAYER_PARTS` inside a
+    layer, else ``embeddings``, ``lm_head``, ``final_norm`` or ``other``."""
+    match = re.match(rf"{re.escape(layout.layers_prefix)}\.(\d+)\.([^.]+)\.", name)
+    if match:
+        child = match.group(2)
+        part = "attention" if child in _ATTENTION_CHILDREN else "mlp" if child in _MLP_CHILDREN else "norms"
+        return int(match.group(1)), part
+    if name in layout.embedding_names:
+        return None, "embeddings"
+    if name in layout.lm_head_names:
+        return None, "lm_head"
+    if name in layout.final_norm_names:
+        return None, "final_norm"
+    return None, "other"
+
+
+def select_parameters(model: nn.Module, selection: LayerSelection, key: str = "method.trainable") -> list[str]:
+    """Names of the parameters (``model.named_parameters()``) that ``selection`` trains, in model
+    order. Raises ConfigError for a spec the model cannot satisfy or that selects nothing."""
+    check_selection(selection, key)
+    layout = describe_decoder(model)
+    if selection.lm_head and layout.tied and not selection.embeddings:
+        raise ConfigError(f"{key}.lm_head=true on a model whose lm_head is tied to the input embedding: "
+                          f"training it trains the embedding too; set {key}.embeddings=true as well (or neither)")
+    layers = set(resolve_layers(selection, layout.num_layers, key))
+    outside = {"embeddings": selection.embeddings, "lm_head": selection.lm_head, "final_norm": selection.final_norm}
+    chosen = []
+    for name, _ in model.named_parameters():
+        layer, part = parameter_part(name, layout)
+        if (layer in layers and part in selection.modules) or (layer is None and outside.get(part, False)):
+            chosen.append(name)
+    if not chosen:
+        raise ConfigError(f"{key} selects no parameter of {type(model).__name__} (layers {sorted(layers)}, "
+                          f"modules {list(selection.modules)})")
+    return chosen
