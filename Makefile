@@ -36,6 +36,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/launch_overhead.py --jobs 50
 	$(BIN)/python bench/sft_throughput.py
 	$(BIN)/python bench/generation_throughput.py --threads 1
+	$(BIN)/python bench/partial_layers.py
 
 # Refresh constraints.txt from the current environment (after changing dependencies).
 lock:

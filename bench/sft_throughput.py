@@ -294,8 +294,9 @@ def model_shape(model) -> dict:
 
 
 # ----------------------------------------------------------------------------- project
-def run_overrides(args: argparse.Namespace, total: int) -> list[str]:
-    overrides = [f"model={args.model}", "method=sft", "benchmark=mkqa_cbqa", "languages=qa_english", "logger=none",
+def run_overrides(args: argparse.Namespace, total: int, method: tuple[str, ...] = ("method=sft",)) -> list[str]:
+    """The run config's overrides; ``method``: the method's (``bench/partial_layers.py`` passes its own)."""
+    overrides = [f"model={args.model}", *method, "benchmark=mkqa_cbqa", "languages=qa_english", "logger=none",
                  f"benchmark.batch_size={args.batch_size}", "benchmark.max_eval_examples_per_language=8",
                  "benchmark.num_workers=0", f"trainer.max_steps={total}", f"trainer.val_check_interval={total}",
                  "trainer.enable_progress_bar=false", "trainer.accelerator=cpu", "trainer.precision=32-true",
@@ -308,7 +309,7 @@ def run_overrides(args: argparse.Namespace, total: int) -> list[str]:
     return overrides
 
 
-def project_parts(args: argparse.Namespace, total: int):
+def project_parts(args: argparse.Namespace, total: int, method: tuple[str, ...] = ("method=sft",)):
     """(config, backbone, task kind, data module set up for fit), built as the runner builds them."""
     import pytorch_lightning as pl
     import transformers
@@ -319,7 +320,7 @@ def project_parts(args: argparse.Namespace, total: int):
 
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
-    cfg = compose(run_overrides(args, total))
+    cfg = compose(run_overrides(args, total, method))
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     benchmark = JsonlQA(Path(args.data_dir) / DATA_FILE, DEV_ROWS)
     backbone = load_backbone(cfg.model, args.cache_dir)
@@ -753,8 +754,8 @@ def main(argv: list[str] | None = None) -> int:
             b = median["b_plain"]
             ratios["b_over_a_peak_rss_train"] = b["peak_rss_train_mb"] / a["peak_rss_train_mb"]
             verdict.append(f"  (the project's loss in the plain loop, b/a: {ratios['b_over_a_peak_rss_train']:.3f}x, "
-                           f"{b['peak_rss_train_mb']:.0f} MB; c holds the previous step's gradients through the next "
-                           f"forward: Lightning zeroes them just before backward, TRL and b right after the step)")
+                           f"{b['peak_rss_train_mb']:.0f} MB; every side frees its gradients right after the optimiser "
+                           f"step: c in MethodBase.optimizer_step)")
         verdict.append(f"where from: padded tokens/step {wc['padded_tokens_per_step']:.0f} vs {wa['padded_tokens_per_step']:.0f} "
                        f"(mean width {wc['mean_width']:.1f} vs {wa['mean_width']:.1f}: length-grouped vs random batches, "
                        f"{wa['padded_tokens_per_step'] / wc['padded_tokens_per_step']:.2f}x the positions for TRL); "

@@ -34,3 +34,17 @@ def test_sft_throughput_bench_smoke(tmp_path, shared_cache):
         trl = report["where"]["a_trl"]
         assert trl["lm_head_rows_per_step"] > trl["loss_tokens_per_step"]  # TRL projects every position
         assert "c_over_a" in report["ratios"]
+
+
+def test_partial_layers_bench_smoke(tmp_path, shared_cache):
+    """``bench/partial_layers.py --smoke``: full and last-quarter fine-tuning of tiny_llama on
+    generated QA pairs; same first loss, fewer trainable parameters, ratios written."""
+    out = tmp_path / "partial_layers.json"
+    result = subprocess.run([sys.executable, "bench/partial_layers.py", "--smoke", "--cache-dir", str(shared_cache),
+                             "--output", str(out)], cwd=REPO, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    full, partial = report["runs"]["full"], report["runs"]["partial"]
+    assert partial["params"]["trainable"] < full["params"]["trainable"] == full["params"]["total"]
+    assert set(report["ratios"]) == {"time", "peak_memory", "memory_added"}
