@@ -403,6 +403,35 @@ def rescore_main() -> None:
     sys.exit(USER_ERROR_EXIT if failed else 0)
 
 
+def analyze_main() -> None:
+    """``xlt-analyze layers RUN_A RUN_B --base BASE``: where two fine-tuning runs changed the model."""
+    import argparse
+
+    from xlt_runner.analysis import AnalysisError, analyze_layers
+    parser = argparse.ArgumentParser(prog="xlt-analyze", description=(
+        "Mean |W_tuned - W_base| per layer and module type of two runs against one base, streamed "
+        "tensor by tensor; heatmaps and a ranking of the layers that change more in RUN_A than in RUN_B."))
+    sub = parser.add_subparsers(dest="command", required=True)
+    layers = sub.add_parser("layers", help="rank layers by how much more RUN_A changed them than RUN_B")
+    layers.add_argument("run_a", type=Path, help="run directory or .safetensors (e.g. the target-language run)")
+    layers.add_argument("run_b", type=Path, help="run directory or .safetensors (e.g. the English run)")
+    layers.add_argument("--base", type=Path, required=True,
+                        help="the weights both started from: a model folder, a run directory or a .safetensors file")
+    layers.add_argument("--out", type=Path, default=None, help="output directory (default RUN_A/analysis)")
+    args = parser.parse_args()
+    out = args.out or (args.run_a if args.run_a.is_dir() else args.run_a.parent) / "analysis"
+    try:
+        result = analyze_layers(args.run_a, args.run_b, args.base, out)
+    except (AnalysisError, OSError) as exc:
+        print(f"xlt-analyze: {exc}", file=sys.stderr)
+        sys.exit(USER_ERROR_EXIT)
+    top = ", ".join(f"{row['layer']} ({row['score']:+.3g})" for row in result["ranking"][:8])
+    print(f"[xlt-analyze] layers changing more in A than in B: {top}")
+    print(f"[xlt-analyze] wrote {out / 'layer_ranking.json'} and heatmaps updates_a.png, updates_b.png, "
+          f"updates_a_minus_b.png; train the top K with method.trainable.from_analysis={out / 'layer_ranking.json'} "
+          f"method.trainable.top=K")
+
+
 def report_main() -> None:
     """``xlt-report PATH``: tables, statistics and plots over every run under PATH."""
     from xlt_runner.results.report import report_main as _report_main

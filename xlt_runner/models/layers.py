@@ -15,6 +15,9 @@ and, within them, module types, plus switches for the parameters outside the lay
 - ``modules``: the parts of a chosen layer that train: ``attention`` (everything under the
   layer's attention module, its q/k norms included), ``mlp``, ``norms`` (the layer's own norms
   outside those two).
+- ``from_analysis`` + ``top``: the ``top`` layers that ``xlt-analyze layers`` ranked highest in
+  its ``layer_ranking.json`` (:mod:`xlt_runner.analysis`), joined to the layers above; a ranking of a
+  model with another depth is refused.
 - ``embeddings``, ``lm_head``, ``final_norm``: the parameters outside the layers. On a model
   whose ``lm_head`` shares its weight with the input embedding (tied), training one trains the
   other: ``lm_head: true`` without ``embeddings: true`` is refused there, and ``embeddings:
@@ -48,6 +51,8 @@ class LayerSelection:
     layers: Any = None
     first: Any = None
     last: Any = None
+    from_analysis: str | None = None
+    top: int | None = None
     modules: list[str] = field(default_factory=lambda: list(LAYER_PARTS))
     embeddings: bool = False
     lm_head: bool = False
@@ -122,11 +127,15 @@ def check_selection(selection: LayerSelection, key: str) -> None:
         value = getattr(selection, name)
         if value is not None:
             _layer_count(value, f"{key}.{name}", depth=10**9)
+    if (selection.from_analysis is None) != (selection.top is None):
+        raise ConfigError(f"{key}.from_analysis and {key}.top go together: the top K layers of a ranking file")
+    if selection.top is not None and selection.top < 1:
+        raise ConfigError(f"{key}.top={selection.top} must be at least 1")
     unknown = sorted(set(selection.modules) - set(LAYER_PARTS))
     if unknown:
         raise ConfigError(f"{key}.modules: unknown part(s) {unknown}; choose from {list(LAYER_PARTS)}")
     if selection.layers is None and selection.first is None and selection.last is None \
-            and not (selection.embeddings or selection.lm_head or selection.final_norm):
+            and selection.from_analysis is None and not (selection.embeddings or selection.lm_head or selection.final_norm):
         raise ConfigError(f"{key} selects nothing: set layers, first or last (or embeddings, lm_head, final_norm)")
 
 
@@ -148,6 +157,13 @@ def resolve_layers(selection: LayerSelection, depth: int, key: str = "method.tra
     if selection.last is not None:
         n = _layer_count(selection.last, f"{key}.last", depth)
         chosen.append((f"last={selection.last}", set(range(depth - n, depth))))
+    if selection.from_analysis is not None:
+        from xlt_runner.analysis import AnalysisError, top_layers
+        try:
+            ranked = top_layers(selection.from_analysis, selection.top, depth)
+        except AnalysisError as exc:
+            raise ConfigError(f"{key}.from_analysis: {exc}") from None
+        chosen.append((f"the top {selection.top} of {selection.from_analysis}", set(ranked)))
     for i, (name_a, a) in enumerate(chosen):
         for name_b, b in chosen[i + 1:]:
             if a & b:
