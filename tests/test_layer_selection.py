@@ -116,3 +116,15 @@ def test_the_paper_presets_name_the_papers_layers_and_their_controls(model):
         chosen[kind] = resolve_layers(LayerSelection(**OmegaConf.to_container(cfg.method.trainable)), depth)
     assert chosen["last"] == list(range(first - 1, last))  # the paper's 1-based range, 0-based
     assert chosen["first"] == list(range(len(chosen["last"])))  # the control: as many layers from the bottom
+
+
+def test_a_gemma3_decoder_is_laid_out_like_llama():
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+    config = Gemma3TextConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=4,
+                              num_attention_heads=2, num_key_value_heads=1, head_dim=8, max_position_embeddings=64)
+    model = Gemma3ForCausalLM(config)
+    layout = describe_decoder(model)
+    assert (layout.layers_prefix, layout.num_layers, layout.tied) == ("model.layers", 4, True)
+    names = select_parameters(model, LayerSelection(last=1, modules=["attention"]))
+    assert names and all(n.startswith("model.layers.3.self_attn.") for n in names)
+    assert any(n.endswith("q_norm.weight") for n in names)  # Gemma-3's q/k norms belong to attention

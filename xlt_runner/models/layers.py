@@ -73,9 +73,12 @@ class DecoderLayout:
 def describe_decoder(model: nn.Module) -> DecoderLayout:
     """The layout of a causal LM (Llama, Gemma, Qwen, Mistral, SmolLM, ...): the ``ModuleList`` of
     ``config.num_hidden_layers`` layers, the input embedding, the output head and the final norm."""
-    depth = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+    config = getattr(model, "config", None)
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config  # multimodal: the LM's
+    depth = getattr(text_config, "num_hidden_layers", None)
     prefix = next((name for name, module in model.named_modules()
-                   if isinstance(module, nn.ModuleList) and len(module) == depth and name.endswith("layers")), None)
+                   if isinstance(module, nn.ModuleList) and len(module) == depth and name.endswith("layers")
+                   and "vision" not in name), None)
     if prefix is None:
         raise ConfigError(f"{type(model).__name__}: no list of {depth} transformer layers found (config."
                           "num_hidden_layers); layer selection supports decoders laid out like Llama")
