@@ -367,7 +367,9 @@ def test_per_language_mean_one_language_keeps_shape():
 
 def test_generation_metric_specs():
     names = [spec.name for spec in GENERATION_METRICS]
-    assert names == ["accuracy", "exact_match", "output_language_rate", "empty_rate"]
+    assert names == ["accuracy", "exact_match", "output_language_rate", "empty_rate", "cococola_ratio",
+                     "cococola_ratio_simplified", "cumulative_accuracy"]
     directions = {spec.name: spec.higher_is_better for spec in GENERATION_METRICS}
-    assert directions == {"accuracy": True, "exact_match": True, "output_language_rate": True, "empty_rate": False}
+    assert directions == {"accuracy": True, "exact_match": True, "output_language_rate": True, "empty_rate": False,
+                          "cococola_ratio": True, "cococola_ratio_simplified": True, "cumulative_accuracy": True}
     assert all(spec.percent for spec in GENERATION_METRICS)
