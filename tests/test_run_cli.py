@@ -154,3 +154,22 @@ def test_train_overhead_bench_runs_on_the_tiny_model(synthetic_data, tmp_path):
                             env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
     assert "max |loss - plain loss| over all steps and runs = 0.00e+00" in result.stdout
+
+
+def test_a_sweep_reports_only_its_own_failed_jobs(tmp_path):
+    """Two commands may share a sweep directory (e.g. two languages of one preset in parallel): a
+    failure of the other command's job is not this command's."""
+    import json
+    import time
+
+    from xlt_runner.cli import failed_records_since, output_dir
+    argv = ["-m", f"paths.output_root={tmp_path}", "sweep_name=shared", "seed=0,1"]
+    sweep = output_dir(argv)
+    started = time.time()
+    for run_id in ("mine", "theirs"):
+        (sweep / run_id).mkdir(parents=True)
+        (sweep / run_id / "results.json").write_text(json.dumps({
+            "run_id": run_id, "status": "failed", "started_at": "2099-01-01T00:00:00+00:00",
+            "error": {"type": "RuntimeError", "message": "boom"}}))
+    failed = failed_records_since(argv, started, {"mine", "another"})
+    assert len(failed) == 1 and "mine: RuntimeError: boom" in failed[0]

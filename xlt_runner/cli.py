@@ -157,13 +157,15 @@ def explain(exc: BaseException, overrides: list[str], config_name: str) -> str:
     return text.replace("\n", "\n  ")
 
 
-def preflight(argv: list[str]) -> None:
+def preflight(argv: list[str]) -> set[str]:
     """Before any job starts: compose and validate the configuration of every job the command
     runs (each sweep point of a multirun), check the languages of a local benchmark, that the
     output and cache directories can be written and that a requested GPU exists. A mistake
-    exits 2 with a message on stderr naming the key or file and the fix."""
+    exits 2 with a message on stderr naming the key or file and the fix. Returns the run ids of
+    the jobs (empty for an information request such as ``--cfg``)."""
+    from xlt_runner.identity import run_id
     if _info_requested(argv):
-        return
+        return set()
     overrides, config_name = _split_argv(argv)
     multirun = is_multirun(argv)
     try:
@@ -175,7 +177,7 @@ def preflight(argv: list[str]) -> None:
     except Exception as exc:
         _fail(explain(exc, overrides, config_name))
     benchmarks: dict = {}
-    accelerators, cache_dirs = set(), set()
+    accelerators, cache_dirs, run_ids = set(), set(), set()
     for point in points:
         where = point if len(points) > 1 else None
         try:
@@ -188,6 +190,7 @@ def preflight(argv: list[str]) -> None:
             _fail(explain(exc, point, config_name), where)
         accelerators.add(str(cfg.trainer.accelerator))
         cache_dirs.add(str(cfg.paths.cache_dir))
+        run_ids.add(run_id(cfg))
     try:
         hydra_cfg = first_job_config(overrides, config_name, multirun, points)
     except Exception as exc:  # a bad hydra.* override
@@ -199,6 +202,7 @@ def preflight(argv: list[str]) -> None:
     for cache_dir in sorted(cache_dirs):
         _check_writable(Path(cache_dir).expanduser(), "the cache directory (paths.cache_dir)",
                         "set paths.cache_dir to a directory you can write")
+    return run_ids
 
 
 def _check_local_languages(cfg: DictConfig, benchmarks: dict) -> None:
@@ -327,8 +331,9 @@ def detach(argv: list[str]) -> None:
           f"  progress: xlt-report {where}")
 
 
-def failed_records_since(argv: list[str], since: float) -> list[str]:
-    """``run_dir: error`` of each record under this multirun's sweep directory that failed
+def failed_records_since(argv: list[str], since: float, run_ids: set[str]) -> list[str]:
+    """``run_dir: error`` of each record under this multirun's sweep directory that belongs to
+    one of its jobs (``run_ids``; another command's sweep may share the directory) and failed
     (or was preempted) in an attempt started at or after ``since`` (epoch seconds).
 
     Jobs of out-of-process launchers (submitit) record their failure and return normally,
@@ -344,7 +349,8 @@ def failed_records_since(argv: list[str], since: float) -> list[str]:
             started = datetime.fromisoformat(record["started_at"]).timestamp()
         except (OSError, ValueError, KeyError, TypeError):
             continue
-        if record.get("status") in ("failed", "preempted") and started >= int(since):
+        if record.get("run_id") in run_ids and record.get("status") in ("failed", "preempted") \
+                and started >= int(since):
             error = record.get("error") or {}
             failed.append(f"{path.parent}: {error.get('type', record['status'])}: {error.get('message', '')}")
     return failed
@@ -359,7 +365,7 @@ def run_main() -> None:
     argv = sys.argv[1:]
     detached = DETACH_FLAG in argv
     argv = [a for a in argv if a != DETACH_FLAG]
-    preflight(argv)
+    run_ids = preflight(argv)
     if detached:
         detach(argv)
         return
@@ -372,7 +378,7 @@ def run_main() -> None:
         def where(line: str) -> Path:
             return Path(line.split(":", 1)[0]).resolve()
         known = {where(line) for line in failed}
-        failed += [line for line in failed_records_since(argv, started) if where(line) not in known]
+        failed += [line for line in failed_records_since(argv, started, run_ids) if where(line) not in known]
     if failed:
         print(f"xlt-run: {len(failed)} job(s) failed:\n  " + "\n  ".join(failed), file=sys.stderr)
         sys.exit(1)
