@@ -61,6 +61,11 @@ def test_an_empty_selection_and_unknown_parts_are_refused_without_a_model():
         check_selection(LayerSelection(), "method.trainable")
     with pytest.raises(ConfigError, match="unknown part"):
         check_selection(LayerSelection(last=2, modules=["attn"]), "method.trainable")
+    with pytest.raises(ConfigError, match="is empty"):  # empty whatever the depth: refused in the preflight
+        check_selection(LayerSelection(layers=[5, 2]), "method.trainable")
+    check_selection(LayerSelection(layers=[5, -1]), "method.trainable")  # depends on the depth: at construction
+    with pytest.raises(ConfigError, match="no such file"):
+        check_selection(LayerSelection(from_analysis="/nonexistent/layer_ranking.json", top=2), "method.trainable")
 
 
 def test_parts_of_a_layer_and_outside_it_are_told_apart():

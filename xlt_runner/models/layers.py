@@ -31,6 +31,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -124,8 +125,14 @@ def _ranges(layers: Any, key: str) -> list[tuple[int, int]]:
 
 
 def check_selection(selection: LayerSelection, key: str) -> None:
-    """The checks that need no model: the grammar, module names, switches. Raises ConfigError."""
-    _ranges(selection.layers, f"{key}.layers")
+    """The checks that need no model: the grammar, ranges empty whatever the depth, module names,
+    switches, a ranking file that exists. Raises ConfigError."""
+    for start, end in _ranges(selection.layers, f"{key}.layers"):
+        if (start >= 0) == (end >= 0) and start > end:
+            raise ConfigError(f"{key}.layers=[{start}, {end}] is empty: ranges are [start, end] with start <= end")
+    if selection.from_analysis is not None and not Path(selection.from_analysis).is_file():
+        raise ConfigError(f"{key}.from_analysis={selection.from_analysis}: no such file (a layer_ranking.json "
+                          "written by `xlt-analyze layers`)")
     for name in ("first", "last"):
         value = getattr(selection, name)
         if value is not None:
