@@ -83,3 +83,16 @@ def run_cli(args: list[str], module: str = "xlt_runner", timeout: int = 600, env
 
 def find_records(root: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(root.rglob("results.json"))]
+
+
+def small_llama(layers: int = 6, tied: bool = False):
+    """A random LlamaForCausalLM of ``layers`` layers (hidden 16, vocabulary 64), seed 0; the global
+    RNG untouched. For layer-selection tests that need more depth than ``tiny_llama``."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+    config = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=layers,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64,
+                         tie_word_embeddings=tied)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return LlamaForCausalLM(config)

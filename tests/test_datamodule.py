@@ -205,7 +205,7 @@ def _fit(dm, module, tmp_path, callbacks=(), ckpt_path=None):
                          max_epochs=1, val_check_interval=6, check_val_every_n_epoch=None, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, callbacks=list(callbacks),
                          use_distributed_sampler=False)
-    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=False)
+    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
     return trainer
 
 

@@ -2,21 +2,11 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from xlt_runner.config import ConfigError
+from conftest import small_llama
 from xlt_runner.models.layers import (LayerSelection, check_selection, describe_decoder, parameter_part,
                                       resolve_layers, select_parameters)
-
-
-def _llama(layers: int = 8, tied: bool = False):
-    from transformers import LlamaConfig, LlamaForCausalLM
-    config = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=layers,
-                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32,
-                         tie_word_embeddings=tied)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        return LlamaForCausalLM(config)
 
 
 def _layers_of(names: list[str]) -> set[int]:
@@ -69,7 +59,7 @@ def test_an_empty_selection_and_unknown_parts_are_refused_without_a_model():
 
 
 def test_parts_of_a_layer_and_outside_it_are_told_apart():
-    model = _llama(4)
+    model = small_llama(4)
     layout = describe_decoder(model)
     assert (layout.layers_prefix, layout.num_layers, layout.tied) == ("model.layers", 4, False)
     assert parameter_part("model.layers.2.self_attn.q_proj.weight", layout) == (2, "attention")
@@ -81,7 +71,7 @@ def test_parts_of_a_layer_and_outside_it_are_told_apart():
 
 
 def test_module_filters_and_switches_select_exactly_their_parameters():
-    model = _llama(8)
+    model = small_llama(8)
     names = select_parameters(model, LayerSelection(last=2, modules=["mlp"], lm_head=True))
     assert _layers_of(names) == {6, 7}
     assert all(".mlp." in n for n in names if n.startswith("model.layers."))
@@ -92,13 +82,13 @@ def test_module_filters_and_switches_select_exactly_their_parameters():
 
 
 def test_tied_embeddings_train_together_or_not_at_all():
-    tied = _llama(4, tied=True)
+    tied = small_llama(4, tied=True)
     assert describe_decoder(tied).tied
     with pytest.raises(ConfigError, match="tied to the input embedding"):
         select_parameters(tied, LayerSelection(last=1, lm_head=True))
     names = select_parameters(tied, LayerSelection(last=1, lm_head=True, embeddings=True))
     assert "model.embed_tokens.weight" in names and "lm_head.weight" not in names  # one shared matrix
-    untied = _llama(4, tied=False)
+    untied = small_llama(4, tied=False)
     names = select_parameters(untied, LayerSelection(last=1, lm_head=True))
     assert "lm_head.weight" in names and "model.embed_tokens.weight" not in names
 

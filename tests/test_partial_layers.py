@@ -14,22 +14,12 @@ from xlt_runner.models.layers import LayerSelection
 from xlt_runner.models.loading import Backbone
 from xlt_runner.tasks.generation import GenerationTask
 
-from conftest import find_records, run_cli
+from conftest import find_records, run_cli, small_llama
 from test_generation_run import make_synthetic_qa, qa_args
 
 
-def _llama(layers: int = 6, tied: bool = False):
-    from transformers import LlamaConfig, LlamaForCausalLM
-    config = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=layers,
-                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64,
-                         tie_word_embeddings=tied)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        return LlamaForCausalLM(config)
-
-
 def _method(selection: LayerSelection, layers: int = 6, tied: bool = False, **cfg) -> PartialLayers:
-    model = _llama(layers, tied)
+    model = small_llama(layers, tied)
     backbone = Backbone(model=model, tokenizer=None, kind="decoder", name="tiny", hidden_size=16, source="test",
                         pooling=None)
     task = GenerationTask(eval_languages=["en"], source_languages=["en"], datamodule=None, max_new_tokens=4,
