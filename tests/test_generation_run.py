@@ -88,12 +88,18 @@ def test_sft_run_records_generation_metrics_and_predictions(sft_run):
 
 def test_prompting_from_the_sft_weights_reproduces_its_predictions(sft_run, qa_data, tmp_path, shared_cache):
     """``method.init_from`` loads a decoder run's weights into another decoder method: prompting
-    the SFT run's saved (best) weights gives the SFT run's test predictions."""
+    the SFT run's saved (best) weights gives the SFT run's test predictions. Given as a glob
+    pattern (a run directory's name ends in a config hash), the one match is loaded and the record
+    keeps its path and sha256."""
+    import hashlib
     weights = sft_run["dir"] / "method_weights.safetensors"
-    result = run_cli(qa_args(qa_data, tmp_path, shared_cache, "method=prompting", f"method.init_from={weights}"))
+    pattern = sft_run["dir"].parent / "sft-*" / "method_weights.safetensors"
+    result = run_cli(qa_args(qa_data, tmp_path, shared_cache, "method=prompting", f"method.init_from={pattern}"))
     assert result.returncode == 0, result.stderr[-3000:]
     (record,) = find_records(tmp_path)
     assert record["training"] is None and record["best"] is None and record["params"]["trainable"] == 0
+    assert record["init_from"] == {"path": str(weights.resolve()),
+                                   "sha256": hashlib.sha256(weights.read_bytes()).hexdigest()}
     ours = (next(tmp_path.rglob("predictions.jsonl"))).read_text(encoding="utf-8")
     assert ours == (sft_run["dir"] / "predictions.jsonl").read_text(encoding="utf-8")
     untrained = run_cli(qa_args(qa_data, tmp_path / "plain", shared_cache, "method=prompting"))
@@ -191,3 +197,27 @@ def test_a_target_language_absent_from_the_data_is_refused_before_the_model_load
     assert result.returncode == 2, result.stderr[-2000:]
     assert "'ko' is not in the benchmark's data" in result.stderr
     assert not list(tmp_path.rglob("results.json"))
+
+
+def test_init_from_must_name_exactly_one_file_before_any_job_starts(qa_data, tmp_path, shared_cache):
+    """A sweep whose starting weights are missing or ambiguous stops in the preflight (exit 2,
+    nothing run), naming what it found; a directory is refused with what to give instead."""
+    for name in ("a", "b"):
+        (tmp_path / "runs" / f"sft-{name}").mkdir(parents=True)
+        (tmp_path / "runs" / f"sft-{name}" / "method_weights.safetensors").write_bytes(b"x")
+    cases = [(tmp_path / "runs" / "none-*" / "method_weights.safetensors", "matches 0 files"),
+             (tmp_path / "runs" / "sft-*" / "method_weights.safetensors", "matches 2 files"),
+             (tmp_path / "runs" / "sft-a", "is a directory"),
+             (tmp_path / "missing.safetensors", "no such file")]
+    for spec, expected in cases:
+        out = tmp_path / "out"
+        result = run_cli(["-m", *qa_args(qa_data, out, shared_cache, "method=prompting,sft", f"method.init_from={spec}")])
+        assert result.returncode == 2 and expected in result.stderr, (spec, result.stderr[-2000:])
+        assert not list(out.rglob("results.json"))
+
+
+def test_a_layer_set_the_model_lacks_is_named_with_the_models_that_have_it(qa_data, tmp_path, shared_cache):
+    result = run_cli(qa_args(qa_data, tmp_path, shared_cache, "method=coco_last"))
+    assert result.returncode == 2
+    assert "model=tiny_llama has no layer set 'coco_last'" in result.stderr
+    assert "llama32_1b" in result.stderr and "method.trainable.layers=[A,B]" in result.stderr

@@ -534,3 +534,47 @@ def test_xpe_method_yamls_train_the_pseudo_prompt_at_the_embedding_rate(method):
     weight decay, as the authors' code."""
     cfg = compose([f"method={method}"])
     assert cfg.method.pseudo_prompt_lr == 5e-3 and cfg.method.pseudo_prompt_weight_decay == 0.0
+
+
+#: CoCo-CoLa's final layers per model: depth, then the paper's first and last layer (1-based).
+COCO_PAPER_LAYERS = {"llama32_1b": (16, 11, 16), "llama32_3b": (28, 15, 28), "llama31_8b_base": (32, 16, 32),
+                     "gemma3_4b": (34, 21, 34)}
+
+
+def test_coco_presets_state_the_papers_protocol():
+    """coco_sft: 4 models x 7 languages x 3 seeds, each tested in all seven; coco_partial: the
+    paper's last layers, as many first layers, or everything, from the English-tuned run of the same
+    model, on each other language; coco_balanced: 200 questions of each language, one point per
+    model, method and seed. lr 5e-6, no warmup, 64 questions per step, 10 new tokens."""
+    from xlt_runner.cli import job_overrides
+    from xlt_runner.models.layers import LayerSelection, resolve_layers
+    from omegaconf import OmegaConf
+    counts = {"coco_sft": 84, "coco_partial": 216, "coco_balanced": 24}
+    for experiment, count in counts.items():
+        points = job_overrides([f"experiment={experiment}"], "config", multirun=True)
+        assert len(points) == count, experiment
+        for point in points[:: max(1, count // 12)]:
+            cfg = compose(point)
+            validate(cfg)
+            assert cfg.benchmark.name == "mintaka" and cfg.benchmark.max_new_tokens == 10
+            assert cfg.method.optim.lr == 5e-6 and cfg.method.optim.warmup_ratio == 0.0
+            assert cfg.benchmark.batch_size * cfg.trainer.accumulate_grad_batches == 64
+            if experiment == "coco_sft":
+                assert list(cfg.languages.targets) == ["en", "de", "fr", "it", "pt", "hi", "es"]
+                assert cfg.languages.name == f"coco_{cfg.languages.source[0]}" and cfg.method.init_from is None
+            else:
+                assert cfg.method.init_from == (f"outputs/sweeps/coco_sft/sft-{cfg.model.name}-coco_en-s0-*/"
+                                                "method_weights.safetensors")
+            if experiment == "coco_partial":
+                assert list(cfg.languages.targets) == [cfg.languages.source[0], "en"] and cfg.languages.source != ["en"]
+            if experiment == "coco_balanced":
+                assert len(cfg.languages.source) == 7 and cfg.benchmark.max_train_examples_per_language == 200
+    for model, (depth, first, last) in COCO_PAPER_LAYERS.items():
+        chosen = {}
+        for method in ("coco_last", "coco_first"):
+            cfg = compose(["experiment=coco_partial", f"model={model}", f"method={method}"])
+            validate(cfg)
+            selection = LayerSelection(**OmegaConf.to_container(cfg.method.trainable, resolve=True))
+            chosen[method] = resolve_layers(selection, depth)
+        assert chosen["coco_last"] == list(range(first - 1, last)), model  # inclusive, to the last layer
+        assert chosen["coco_first"] == list(range(len(chosen["coco_last"]))), model

@@ -154,7 +154,24 @@ def explain(exc: BaseException, overrides: list[str], config_name: str) -> str:
         except Exception:
             keys = []
         return unknown_key_message(full_key, keys)
+    found = re.search(r"Interpolation key 'model\.layer_sets\.(\w+)' not found", text)
+    if found:
+        return _missing_layer_set(found.group(1), overrides, config_name)
     return text.replace("\n", "\n  ")
+
+
+def _missing_layer_set(name: str, overrides: list[str], config_name: str) -> str:
+    """A method preset asked for a named layer range (``model.layer_sets``) the model lacks."""
+    try:
+        model = compose([o for o in overrides if not o.startswith("method")] + ["method=partial_layers"],
+                        config_name).model.name
+    except Exception:
+        model = "the selected model"
+    having = [m for m in _options("model")
+              if name in (OmegaConf.load(CONF_DIR / "model" / f"{m}.yaml").get("layer_sets") or {})]
+    return (f"model={model} has no layer set {name!r} (model.layer_sets), which the method preset takes its "
+            f"trainable layers from; the models that have it: {', '.join(having) or 'none'}. For another model "
+            f"give the layers: method=partial_layers method.trainable.layers=[A,B] (0-based, inclusive)")
 
 
 def preflight(argv: list[str]) -> set[str]:
@@ -164,6 +181,7 @@ def preflight(argv: list[str]) -> set[str]:
     exits 2 with a message on stderr naming the key or file and the fix. Returns the run ids of
     the jobs (empty for an information request such as ``--cfg``)."""
     from xlt_runner.identity import run_id
+    from xlt_runner.methods.base import resolve_init_from
     if _info_requested(argv):
         return set()
     overrides, config_name = _split_argv(argv)
@@ -184,6 +202,8 @@ def preflight(argv: list[str]) -> set[str]:
             cfg = compose(point, config_name)
             validate(cfg)
             _check_local_languages(cfg, benchmarks)
+            if cfg.method.init_from:
+                resolve_init_from(cfg.method.init_from)
         except (ConfigError, BenchmarkDataError) as exc:
             _fail(str(exc), where)
         except Exception as exc:  # Hydra/OmegaConf composition errors

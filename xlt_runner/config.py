@@ -52,6 +52,9 @@ class ModelConfig:
     template: str = "### Question: {q}\n ### Answer: {a}"  # {q}: the question, {a}: the answer (training)
     system_prompt: Optional[str] = None  # chat format only: a system turn before the question
     hidden_size: Optional[int] = None  # documentation only; filled from the loaded config
+    # decoders: named layer ranges of this model (0-based, inclusive), for method presets that
+    # differ per model, e.g. CoCo-CoLa's: trainable.layers: ${model.layer_sets.coco_last}
+    layer_sets: dict[str, list[int]] = field(default_factory=dict)
 
 
 # -------------------------------------------------------------------------- method

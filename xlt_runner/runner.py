@@ -13,6 +13,7 @@ result only once the new one is complete; a failed rerun leaves the old result i
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import shutil
@@ -215,6 +216,7 @@ def _execute(cfg: DictConfig, run_dir: Path, record: RunRecord, t0: float, guard
     from xlt_runner.data import build_benchmark, data_location
     from xlt_runner.data.languages import LanguageTable
     from xlt_runner.methods import method_class
+    from xlt_runner.methods.base import resolve_init_from
     from xlt_runner.models import load_backbone
     from xlt_runner.resume import process_rank
     from xlt_runner.stages import STAGES, RunContext
@@ -243,7 +245,10 @@ def _execute(cfg: DictConfig, run_dir: Path, record: RunRecord, t0: float, guard
     method = method_cls(cfg.method, backbone, task_kind.method_task(datamodule, source), total_steps=cfg.trainer.max_steps)
     record.pooling = getattr(method, "pooling", None)
     if cfg.method.init_from:
-        method.load_trainable(cfg.method.init_from)
+        init_path = resolve_init_from(cfg.method.init_from)
+        method.load_trainable(str(init_path))
+        with open(init_path, "rb") as f:
+            record.init_from = {"path": str(init_path.resolve()), "sha256": hashlib.file_digest(f, "sha256").hexdigest()}
     record.params = method.parameter_counts()
     record.outputs = {}
     if process_rank() == 0:

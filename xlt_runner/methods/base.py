@@ -14,9 +14,11 @@ kilobytes, not gigabytes; frozen weights come from the backbone source.
 """
 from __future__ import annotations
 
+import glob
 import math
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -31,6 +33,28 @@ from xlt_runner.models import Backbone, count_parameters
 
 class NonFiniteValueError(FloatingPointError):
     """The training loss, or the logits at validation or test, became NaN or infinite."""
+
+
+def resolve_init_from(spec: str) -> Path:
+    """The weights file ``method.init_from`` names: a path, or a glob pattern (``*``, ``?``,
+    ``[``) that must match exactly one file, e.g. the one run of a sweep whose directory name
+    ends in a config hash. Raises :class:`ConfigError` naming what was found instead."""
+    where = f"method.init_from={spec}"
+    if not any(c in spec for c in "*?["):
+        path = Path(spec).expanduser()
+        if path.is_dir():
+            raise ConfigError(f"{where} is a directory; give the weights file in it (a run's method_weights.safetensors)")
+        if not path.is_file():
+            raise ConfigError(f"{where}: no such file. Give a run's method_weights.safetensors (or a glob pattern "
+                              "matching exactly one); run the sweep that writes it first")
+        return path
+    matches = sorted(Path(m) for m in glob.glob(os.path.expanduser(spec)) if os.path.isfile(m))
+    if len(matches) != 1:
+        found = ", ".join(str(m) for m in matches[:5]) + (" ..." if len(matches) > 5 else "")
+        raise ConfigError(f"{where} matches {len(matches)} files{': ' + found if matches else ''}; it must match exactly "
+                          "one" + (" (run the sweep that writes it first)" if not matches else
+                                   ": give the path of the one to start from"))
+    return matches[0]
 
 
 @dataclass

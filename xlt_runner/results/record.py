@@ -98,6 +98,7 @@ class RunRecord:
     metrics: list[dict[str, Any]] = UNSET  # MetricSpec.to_dict() of every metric the run reports
     primary_metric: str = UNSET
     method_family: str = UNSET
+    init_from: dict[str, str] = UNSET  # {"path", "sha256"} of the weights method.init_from resolved to
     pooling: str | None = UNSET
     resumed_from_step: int = UNSET
     training: dict[str, Any] | None = UNSET  # {"max_steps", "trained_steps", "stop_reason", "early_stopping"}
