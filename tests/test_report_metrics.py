@@ -34,7 +34,7 @@ def write_run(root: Path, method: str, seed: int, groups: dict[str, dict], *, ta
     metric specs were stored. Per-language scores default to the first group's."""
     config = {"method": {"name": method}, "model": {"name": "m"}, "benchmark": {"name": "cldr_demo", "task": task},
               "languages": {"name": "enarzho"}, "seed": seed}
-    first = next(iter(groups.values()))
+    first = next(iter(groups.values()), {})
     run = {"status": "complete", "run_id": f"{task}-{method}-s{seed}", "sweep_name": "s", "method": method,
            "model": "m", "benchmark": "cldr_demo", "languages": "enarzho", "seed": seed,
            "finished_at": f"2026-01-01T00:00:0{seed}", "config": config, "overrides": [],
@@ -101,6 +101,29 @@ def test_report_main_metric_flag_writes_that_metrics_table_and_plot(tmp_path, ca
     export = pd.read_csv(out / "per_language_all.csv")
     assert list(export.columns[-6:]) == ["language", "accuracy", "exact_match", "output_language_rate", "empty_rate",
                                          "n"]
+
+
+def test_by_language_columns_are_test_languages_and_undefined_values_leave_n(tmp_path, capsys, wide_console):
+    """``--by-language``: one column per test language, a source language included (the in-language
+    tables of CoCo-CoLa); a seed whose ratio is undefined (None) is left out of that cell's n, never
+    read as 0; Welch p against the best per language."""
+    ratio = MetricSpec(name="cococola_ratio")
+    values = {"sft": [(0.50, None), (0.70, 0.2), (0.60, 0.4)], "coco_last": [(0.80, 0.1), (0.90, 0.3), (1.00, 0.5)]}
+    for method, seeds in values.items():
+        for seed, (ja, en) in enumerate(seeds):
+            write_run(tmp_path, method, seed, {}, task="generation", metrics=(MetricSpec(name="accuracy"), ratio),
+                      per_language={"ja": {"accuracy": 0.1, "cococola_ratio": ja, "n": 300},
+                                    "en": {"accuracy": 0.2, "cococola_ratio": en, "n": 300}},
+                      groups_not_reported={"all-en": SOURCE_ONLY})
+    table = report.group_table(report.collect_runs(tmp_path), "cococola_ratio", by_language=True)
+    assert table.groups == ["ja", "en"]
+    rows = table.rows.set_index(["method", "group"])
+    assert rows.at[("sft", "ja"), "mean"] == pytest.approx(60.0) and rows.at[("coco_last", "ja"), "best"]
+    assert rows.at[("sft", "en"), "n_seeds"] == 2 and rows.at[("sft", "en"), "mean"] == pytest.approx(30.0)
+    assert rows.at[("sft", "ja"), "p_vs_best"] == pytest.approx(welch([0.5, 0.7, 0.6], [0.8, 0.9, 1.0]))
+    assert report.report_main([str(tmp_path), "--metric", "cococola_ratio", "--by-language"]) == 0
+    assert "| method | ja | en |" in (tmp_path / "report" / "report_by_language.md").read_text()
+    assert "per test language (the languages a cell trained on included" in capsys.readouterr().out
 
 
 # --------------------------------------------------------------- (ii) task kinds apart

@@ -350,6 +350,7 @@ class GroupTable:
     rows: pd.DataFrame
     compare_to: str | None = None
     notes: list[str] = field(default_factory=list)
+    by_language: bool = False  # columns are test languages (``group`` holds the code), not report groups
 
     @property
     def metric(self) -> str:
@@ -440,8 +441,15 @@ def _groups_of_metric(run: Any, metric: str) -> list[str]:
     return shown
 
 
+def _languages_of_metric(run: Any, metric: str) -> list[str]:
+    """The test languages of ``run`` whose per-language result has a value for ``metric`` (a
+    ratio undefined on a run's answers is None there: that seed is left out of the cell)."""
+    return [lang for lang, scores in run.per_language.items()
+            if isinstance(scores, dict) and scores.get(metric) is not None]
+
+
 def group_table(df: pd.DataFrame, metric: str | None = None, compare_to: str | None = None,
-                paper_results: str | os.PathLike | None = None) -> GroupTable:
+                paper_results: str | os.PathLike | None = None, by_language: bool = False) -> GroupTable:
     """Mean ± 95% CI of each complete cell's group ``metric`` across seeds, in the units shown.
 
     ``df`` holds runs of one task kind (:class:`ReportError` otherwise); ``metric`` defaults
@@ -451,6 +459,10 @@ def group_table(df: pd.DataFrame, metric: str | None = None, compare_to: str | N
     against that method's cell of each comparison block; it raises :class:`ReportError` when it
     names no method present or when a block has several cells of it. Reference rows come from
     each block's benchmark (:func:`benchmark_reference_rows`, given ``paper_results``).
+
+    ``by_language``: one column per test language instead (``group`` holds its code), the
+    languages a cell trained on included, as in-language studies (CoCo-CoLa) report; no
+    reference rows.
     """
     runs = complete_runs(df)
     task = _task_kind(runs)
@@ -460,6 +472,14 @@ def group_table(df: pd.DataFrame, metric: str | None = None, compare_to: str | N
     not_reported: dict[tuple, dict] = {}
     for run in runs.itertuples():
         cell = tuple(getattr(run, column) for column in CELL_KEY[:-1])
+        if by_language:
+            shown = _languages_of_metric(run, spec.name) if spec.name in run.metrics else []
+            groups += [lang for lang in shown if lang not in groups]
+            for lang in shown:
+                sample = samples.setdefault((*cell, lang), {"seeds": [], "values": []})
+                sample["seeds"].append(run.seed)
+                sample["values"].append(spec.display(float(run.per_language[lang][spec.name])))
+            continue
         shown = _groups_of_metric(run, spec.name)
         groups += [group for group in shown if group not in groups]
         for group in shown:
@@ -497,12 +517,13 @@ def group_table(df: pd.DataFrame, metric: str | None = None, compare_to: str | N
         _welch_tests(table, block.index.difference(best_index), best_index[0], "p_vs_best")
     notes = _tests_against_reference_method(table, scored, compare_to) if compare_to is not None else []
     table = table.sort_values([*BLOCK_COLUMNS, "cell_label"], kind="stable", ignore_index=True)
-    references, reference_notes = benchmark_reference_rows(runs, groups, spec, paper_results)
+    references, reference_notes = (pd.DataFrame(), []) if by_language else \
+        benchmark_reference_rows(runs, groups, spec, paper_results)
     if len(references):
         table = pd.concat([table, references], ignore_index=True)
     table = table.assign(task=task, higher_is_better=spec.higher_is_better, percent=spec.percent)
     return GroupTable(spec=spec, task=task, groups=groups, rows=table.drop(columns="values"), compare_to=compare_to,
-                      notes=notes + reference_notes)
+                      notes=notes + reference_notes, by_language=by_language)
 
 
 def _welch_tests(table: pd.DataFrame, indices: pd.Index, against: int, column: str) -> None:
@@ -673,7 +694,9 @@ def metric_title(spec: MetricSpec) -> str:
 
 def _legend(table: GroupTable) -> str:
     rows, reference = table.rows, table.compare_to
-    parts = [f"{metric_title(table.spec)} per report group: mean ± {CONFIDENCE:.0%} CI half-width (Student t, "
+    per = ("test language (the languages a cell trained on included; a seed whose value is undefined, e.g. a "
+           "ratio with no question to rest on, is left out of n)" if table.by_language else "report group")
+    parts = [f"{metric_title(table.spec)} per {per}: mean ± {CONFIDENCE:.0%} CI half-width (Student t, "
              "n-1 dof) over seeds; (n) = complete seeds in the cell (failed/running runs are never averaged in); "
              "no ± when n=1.",
              "Bold = best mean of the group among methods with the same model/benchmark/languages."]
@@ -1055,6 +1078,10 @@ def report_main(argv: list[str] | None = None) -> int:
                              "paper's xpe_paper_appendix_a.tsv, for sweeps with a paper source set (enarzho, "
                              "joshi5, seen); default: <benchmark.data_dir>/../meta/xpe_paper_appendix_a.tsv of "
                              "the records, if it exists")
+    parser.add_argument("--by-language", action="store_true",
+                        help="one column per test language instead of per report group, the languages a cell "
+                             "trained on included (in-language studies such as CoCo-CoLa's Tables 2-3); files "
+                             "report_by_language.*")
     parser.add_argument("--wandb", action="store_true", help="also log the tables and plots to wandb")
     args = parser.parse_args(argv)
     root = Path(args.path)
@@ -1100,13 +1127,14 @@ def report_main(argv: list[str] | None = None) -> int:
                 console.print(f"info: no {escape(compare_to)} run among the {kind} runs: no p vs "
                               f"{escape(compare_to)} there.")
                 compare_to = None
-            tables.append((kind_runs, group_table(kind_runs, args.metric, compare_to, args.paper_results)))
+            tables.append((kind_runs, group_table(kind_runs, args.metric, compare_to, args.paper_results,
+                                                  by_language=args.by_language)))
     except ReportError as exc:
         print(f"xlt-report: error: {exc}", file=sys.stderr)
         return 2
     paths, reports = [], []
     for kind_runs, table in tables:
-        suffix = f"_{table.task}" if len(kinds) > 1 else ""
+        suffix = (f"_{table.task}" if len(kinds) > 1 else "") + ("_by_language" if args.by_language else "")
         for note in table.notes:
             console.print(escape(note))
         others = [name for name in metric_names(complete[complete["task"] == table.task]) if name != table.metric]
@@ -1115,7 +1143,7 @@ def report_main(argv: list[str] | None = None) -> int:
                           "--metric NAME.")
         header, body, constants = wide_rows(table, "rich")
         n_labels = len(header) - len(table.groups)
-        title = metric_title(table.spec) + (f" [{table.task}]" if suffix else "")
+        title = metric_title(table.spec) + (f" [{table.task}]" if len(kinds) > 1 else "")
         _print_table(console, escape(f"{title} " + " ".join(f"{k}={v}" for k, v in constants.items())), header,
                      [[escape(c) for c in cells[:n_labels]] + cells[n_labels:] for cells in body])
         for line in [*_footnotes(table, "rich"), _legend(table)]:
