@@ -5,6 +5,7 @@ import json
 import os
 import platform
 import sys
+import threading
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -77,3 +78,33 @@ def write_results(name: str, data: dict) -> Path:
     tmp.write_text(json.dumps(data, indent=2) + "\n")
     os.replace(tmp, path)
     return path
+
+
+class PeakRss:
+    """Samples this process's resident set size every ``interval`` seconds in a thread, from
+    construction to :meth:`stop` (idempotent), which returns MB: ``rss_before_train_mb``,
+    ``peak_rss_train_mb`` and ``peak_rss_train_delta_mb`` (the peak over the starting RSS)."""
+
+    def __init__(self, interval: float = 0.01) -> None:
+        import psutil
+        self.process = psutil.Process()
+        self.interval = interval
+        self.baseline = self.process.memory_info().rss
+        self.peak = self.baseline
+        self.result: dict[str, float] | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.peak = max(self.peak, self.process.memory_info().rss)
+
+    def stop(self) -> dict[str, float]:
+        if self.result is None:
+            self._stop.set()
+            self._thread.join()
+            self.peak = max(self.peak, self.process.memory_info().rss)
+            self.result = {"rss_before_train_mb": self.baseline / 2**20, "peak_rss_train_mb": self.peak / 2**20,
+                           "peak_rss_train_delta_mb": (self.peak - self.baseline) / 2**20}
+        return self.result

@@ -35,7 +35,7 @@ from pathlib import Path
 
 from common import DEFAULT_CACHE_DIR, REPO_ROOT, environment, set_threads, write_results
 
-DEFAULT_DATA_DIR = "/work/shared/data/mkqa/mia2022_dev"
+DEFAULT_DATA_DIR = str((REPO_ROOT / ".." / "shared" / "data" / "mkqa" / "mia2022_dev").resolve())
 DEFAULT_LANGUAGES = ["en", "es", "ru", "ar", "ja"]  # Latin, Cyrillic, Arabic, Japanese scripts
 
 

@@ -66,14 +66,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import warnings
 from pathlib import Path
 
-from common import DEFAULT_CACHE_DIR, REPO_ROOT, environment
+from common import DEFAULT_CACHE_DIR, REPO_ROOT, PeakRss, environment
 
-DEFAULT_DATA_DIR = "/work/shared/data/mkqa/mia2022_dev"
+DEFAULT_DATA_DIR = str((REPO_ROOT / ".." / "shared" / "data" / "mkqa" / "mia2022_dev").resolve())
 DATA_FILE = "mkqa-en.jsonl"
 DEV_ROWS = 16  # last rows of the file: the dev split (Lightning validates on 8 of them after the last step)
 CONTENDERS = ("a_trl", "b_plain", "c_lightning")
@@ -177,34 +176,6 @@ def write_smoke_data(directory: Path, rows: int = 96, seed: int = 0) -> Path:
 
 
 # --------------------------------------------------------------------------- helpers
-class PeakRss:
-    """Samples this process's resident set size every ``interval`` seconds in a thread (bytes)."""
-
-    def __init__(self, interval: float = 0.01) -> None:
-        import psutil
-        self.process = psutil.Process()
-        self.interval = interval
-        self.baseline = self.process.memory_info().rss
-        self.peak = self.baseline
-        self.result: dict[str, float] | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.peak = max(self.peak, self.process.memory_info().rss)
-
-    def stop(self) -> dict[str, float]:
-        if self.result is None:
-            self._stop.set()
-            self._thread.join()
-            self.peak = max(self.peak, self.process.memory_info().rss)
-            self.result = {"rss_before_train_mb": self.baseline / 2**20, "peak_rss_train_mb": self.peak / 2**20,
-                           "peak_rss_train_delta_mb": (self.peak - self.baseline) / 2**20}
-        return self.result
-
-
 class StepLog:
     """Per-step records and the clock: the window runs from the end of step ``warmup - 1`` to the
     end of step ``total - 1`` (0-based), wall and CPU time."""

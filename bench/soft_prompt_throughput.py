@@ -42,9 +42,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
+
+from common import PeakRss
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS_PATH = REPO / "bench" / "results" / "soft_prompt_throughput.json"
@@ -59,31 +60,6 @@ RESULT_MARKER = "BENCH_RESULT "
 
 
 # ---------------------------------------------------------------------------- helpers
-class PeakRss:
-    """Samples this process's resident set size every ``interval`` seconds in a thread (bytes)."""
-
-    def __init__(self, interval: float = 0.01) -> None:
-        import psutil
-        self.process = psutil.Process()
-        self.interval = interval
-        self.baseline = self.process.memory_info().rss
-        self.peak = self.baseline
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.peak = max(self.peak, self.process.memory_info().rss)
-
-    def stop(self) -> dict[str, float]:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self.process.memory_info().rss)
-        return {"rss_before_train_mb": self.baseline / 2**20, "peak_rss_mb": self.peak / 2**20,
-                "peak_rss_delta_mb": (self.peak - self.baseline) / 2**20}
-
-
 class RecordingCollator:
     """Wraps a collator; remembers each batch's real tokens and padded width, in call order."""
 
@@ -383,12 +359,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  [{r + 1}/{args.repeats}] {name:20s} {res['samples_per_s']:6.2f} samples/s "
                       f"{res['real_tokens_per_s']:7.0f} tok/s ({res['real_tokens_per_cpu_s']:.0f} per CPU s)  "
                       f"{res['seconds_per_step']:.2f} s/step  "
-                      f"mean width {res['mean_width']:.1f}  peak RSS {res['peak_rss_mb']:.0f} MB "
-                      f"(+{res['peak_rss_delta_mb']:.0f})", flush=True)
+                      f"mean width {res['mean_width']:.1f}  peak RSS {res['peak_rss_train_mb']:.0f} MB "
+                      f"(+{res['peak_rss_train_delta_mb']:.0f})", flush=True)
         summary = {name: {key: median_of(rs, key) for key in
                           ("samples_per_s", "real_tokens_per_s", "real_tokens_per_cpu_s", "seconds_per_step",
-                           "mean_width", "peak_rss_mb",
-                           "peak_rss_delta_mb", "rss_before_train_mb")} | {"trainable_params": rs[0]["trainable_params"]}
+                           "mean_width", "peak_rss_train_mb",
+                           "peak_rss_train_delta_mb", "rss_before_train_mb")} | {"trainable_params": rs[0]["trainable_params"]}
                    for name, rs in runs.items()}
         ratios = {}
         print("\n(a) training throughput (median over repeats)")
@@ -397,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, s in summary.items():
             print(f"  {name:20s} {s['samples_per_s']:9.2f} {s['real_tokens_per_s']:10.0f} {s['real_tokens_per_cpu_s']:9.0f} "
                   f"{s['seconds_per_step']:7.2f} "
-                  f"{s['mean_width']:6.1f} {s['peak_rss_mb']:11.0f} {s['peak_rss_delta_mb']:14.0f} "
+                  f"{s['mean_width']:6.1f} {s['peak_rss_train_mb']:11.0f} {s['peak_rss_train_delta_mb']:14.0f} "
                   f"{s['trainable_params']:9,d}")
         for ours, theirs in BASELINE_OF.items():
             a, b = summary[ours], summary[theirs]
@@ -405,8 +381,8 @@ def main(argv: list[str] | None = None) -> int:
                 "samples_per_s": a["samples_per_s"] / b["samples_per_s"],
                 "real_tokens_per_s": a["real_tokens_per_s"] / b["real_tokens_per_s"],
                 "real_tokens_per_cpu_s": a["real_tokens_per_cpu_s"] / b["real_tokens_per_cpu_s"],
-                "peak_rss": a["peak_rss_mb"] / b["peak_rss_mb"],
-                "peak_rss_delta": a["peak_rss_delta_mb"] / b["peak_rss_delta_mb"]}
+                "peak_rss": a["peak_rss_train_mb"] / b["peak_rss_train_mb"],
+                "peak_rss_delta": a["peak_rss_train_delta_mb"] / b["peak_rss_train_delta_mb"]}
             q = ratios[f"{ours}/{theirs}"]
             print(f"  {ours} vs {theirs}: {q['samples_per_s']:.2f}x samples/s, {q['real_tokens_per_s']:.2f}x real "
                   f"tokens/s ({q['real_tokens_per_cpu_s']:.2f}x per CPU second), peak RSS {q['peak_rss']:.2f}x, "

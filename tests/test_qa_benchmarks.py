@@ -1,7 +1,7 @@
 """The closed-book QA readers (xlt_runner/data/qa.py): MKQA in its two local layouts and the
 Hub schema, Mintaka v1.0/v1.1 and the Hub schema, splits by question id, errors, fingerprints,
 language selection and the composed configs. Data are generated in tmp_path; the last tests
-read the real copies under /work/shared/data in place and are skipped without them."""
+read the real copies under ../shared/data in place and are skipped without them."""
 from __future__ import annotations
 
 import gzip
@@ -22,7 +22,7 @@ from xlt_runner.data.languages import LanguageTable
 from xlt_runner.data.qa import (MKQA_ANSWER_TYPES, Mintaka, MintakaConfig, MkqaCbqa, MkqaConfig, mintaka_hub_example,
                                 mkqa_record_examples, split_question_ids)
 
-SHARED = Path("/work/shared/data")
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"  # the read-only data beside the checkout
 MIA_DIR = SHARED / "mkqa" / "mia2022_dev"
 MKQA_FIXTURE = SHARED / "mkqa" / "apple_ml_mkqa_test_fixture" / "test_mkqa.jsonl.gz"
 MINTAKA_DIR = SHARED / "mintaka"

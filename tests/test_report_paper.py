@@ -13,7 +13,7 @@ from xlt_runner.fileio import write_json_atomic
 from xlt_runner.data import sib200_references as references
 from xlt_runner.results import record, report
 
-PAPER_TSV = Path("/work/shared/data/sib200/meta/xpe_paper_appendix_a.tsv")
+PAPER_TSV = Path(__file__).resolve().parents[2] / "shared" / "data" / "sib200" / "meta" / "xpe_paper_appendix_a.tsv"
 XPE_ROW_LABEL = "XPE paper: {}, XLM-R large, 10 seeds (reference)"
 
 
