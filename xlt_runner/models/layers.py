@@ -218,3 +218,51 @@ def select_parameters(model: nn.Module, selection: LayerSelection, key: str = "m
         raise ConfigError(f"{key} selects no parameter of {type(model).__name__} (layers {sorted(layers)}, "
                           f"modules {list(selection.modules)})")
     return chosen
+
+
+@dataclass(frozen=True)
+class ParameterPartitions:
+    """Disjoint named sets of parameter names (``model.named_parameters()`` order within each),
+    and ``uncovered``: the parameters in none of them, which stay frozen."""
+    members: dict[str, list[str]]
+    uncovered: list[str]
+
+    def describe(self, model: nn.Module) -> str:
+        """One line per partition and for the uncovered rest: parameter tensors and elements."""
+        sizes = {name: p.numel() for name, p in model.named_parameters()}
+        parts = [*self.members.items(), ("uncovered (frozen)", self.uncovered)]
+        return "; ".join(f"{name}: {len(names)} tensors, {sum(sizes[n] for n in names):,} parameters"
+                         for name, names in parts)
+
+
+def check_partitions(partitions: Any, key: str = "method.partitions") -> None:
+    """The checks that need no model: at least one partition, each a non-empty list of
+    selections in the layer grammar (:func:`check_selection`). Raises ConfigError."""
+    if not partitions:
+        raise ConfigError(f"{key} is empty: name at least one partition, e.g. {{language: [...], math: [...]}}")
+    for name, selections in partitions.items():
+        if not selections:
+            raise ConfigError(f"{key}.{name} is empty: give a list of selections (layers/first/last, modules, ...)")
+        for i, selection in enumerate(selections):
+            check_selection(selection, f"{key}.{name}[{i}]")
+
+
+def select_partitions(model: nn.Module, partitions: Any, key: str = "method.partitions") -> ParameterPartitions:
+    """Resolve ``partitions`` (name -> list of :class:`LayerSelection`; a partition is the union
+    of its selections) against ``model``. Raises ConfigError when a selection cannot be satisfied
+    or two partitions share a parameter (naming both and the shared parameters)."""
+    check_partitions(partitions, key)
+    owner: dict[str, str] = {}
+    members: dict[str, list[str]] = {}
+    for name, selections in partitions.items():
+        chosen: set[str] = set()
+        for i, selection in enumerate(selections):
+            chosen.update(select_parameters(model, selection, f"{key}.{name}[{i}]"))
+        shared = sorted(n for n in chosen if n in owner)
+        if shared:
+            raise ConfigError(f"{key}: partitions {owner[shared[0]]!r} and {name!r} overlap in {len(shared)} "
+                              f"parameter tensor(s), e.g. {shared[:3]}; partitions must be disjoint")
+        owner.update(dict.fromkeys(chosen, name))
+        members[name] = [n for n, _ in model.named_parameters() if n in chosen]
+    uncovered = [n for n, _ in model.named_parameters() if n not in owner]
+    return ParameterPartitions(members=members, uncovered=uncovered)
