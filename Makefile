@@ -37,6 +37,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/sft_throughput.py
 	$(BIN)/python bench/generation_throughput.py --threads 1
 	$(BIN)/python bench/partial_layers.py
+	$(BIN)/python bench/layer_swap.py
 
 # Refresh constraints.txt from the current environment (after changing dependencies).
 lock:

@@ -48,3 +48,17 @@ def test_partial_layers_bench_smoke(tmp_path, shared_cache):
     full, partial = report["runs"]["full"], report["runs"]["partial"]
     assert partial["params"]["trainable"] < full["params"]["trainable"] == full["params"]["total"]
     assert set(report["ratios"]) == {"time", "peak_memory", "memory_added"}
+
+
+def test_layer_swap_bench_smoke(tmp_path):
+    """``bench/layer_swap.py`` on a saved small Llama: both merges run in their subprocesses and
+    give identical tensors; the memory figures are written."""
+    from conftest import small_llama
+    small_llama(layers=10).save_pretrained(tmp_path / "model")
+    out = tmp_path / "layer_swap.json"
+    result = subprocess.run([sys.executable, "bench/layer_swap.py", "--model-dir", str(tmp_path / "model"),
+                             "--shard-mb", "1", "--output", str(out)], cwd=REPO, capture_output=True, text=True,
+                            timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["identical_tensors"] is True and report["results"]["streamed"]["peak_rss_mb"] > 0

@@ -1,0 +1,177 @@
+"""Layer-Swapping (Bandarkar et al.): one model from two experts tuned from the same base.
+
+:func:`layer_swap` takes the transformer layers a :class:`~xlt_runner.models.layers.LayerSelection`
+names (e.g. ``first: 6, last: 2``, partition [C]) from the *language* expert and every other
+layer from the *math* expert; the parameters outside the layers (embeddings, final norm,
+``lm_head``) come from the source ``non_layer`` names explicitly (``math``, ``language`` or
+``base``), never by an implicit rule. Tensors are copied bit for bit, streamed from the experts'
+safetensors one at a time into shards of at most ``shard_bytes``, so memory holds one shard and
+the memory-mapped pages being read, never two or three models. The result is a standard
+transformers folder (config, generation config and tokenizer files from the math expert, the
+config donor), published atomically, with ``merge.json`` recording which expert gave each tensor.
+
+Refused before anything is written: experts whose configs differ (architecture, depth, dtype,
+vocabulary), whose tensor names, shapes or dtypes differ, a selection outside the depth, and
+``non_layer: base`` without a base model.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from xlt_runner.config import ConfigError
+from xlt_runner.models.layers import LayerSelection, describe_decoder, parameter_part, resolve_layers
+
+#: Config keys that may differ between experts of one base (paths, versions), not what they compute.
+CONFIG_KEYS_IGNORED = ("_name_or_path", "transformers_version", "architectures")
+MERGE_FILE = "merge.json"
+SOURCES = ("math", "language", "base")
+_WEIGHT_SUFFIXES = (".safetensors",)
+_INDEX_SUFFIX = ".safetensors.index.json"
+
+
+@dataclass(frozen=True)
+class MergeReport:
+    out_dir: Path
+    language_layers: list[int]
+    tensors_from: dict[str, int]  # source -> number of tensors taken from it
+    shards: int
+
+
+def _config(folder: Path) -> dict:
+    path = folder / "config.json"
+    if not path.is_file():
+        raise ConfigError(f"{folder}: no config.json; give a transformers model folder (save_pretrained)")
+    return json.loads(path.read_text())
+
+
+def _tensor_index(folder: Path) -> dict[str, tuple[Path, tuple[int, ...], str]]:
+    """Tensor name -> (file, shape, dtype) over every safetensors file of ``folder``, without
+    reading any tensor."""
+    from safetensors import safe_open
+    files = sorted(p for p in folder.glob("*.safetensors"))
+    if not files:
+        raise ConfigError(f"{folder}: no *.safetensors weights")
+    index = {}
+    for file in files:
+        with safe_open(str(file), "pt") as handle:
+            for key in handle.keys():
+                piece = handle.get_slice(key)
+                index[key] = (file, tuple(piece.get_shape()), str(piece.get_dtype()))
+    return index
+
+
+def _check_same_model(folders: dict[str, Path]) -> tuple[dict, dict[str, dict]]:
+    """The math expert's config and every folder's tensor index; ConfigError naming the first
+    difference between the math expert and another folder."""
+    configs = {name: _config(folder) for name, folder in folders.items()}
+    reference = {k: v for k, v in configs["math"].items() if k not in CONFIG_KEYS_IGNORED}
+    for name, config in configs.items():
+        other = {k: v for k, v in config.items() if k not in CONFIG_KEYS_IGNORED}
+        differing = sorted(k for k in set(reference) | set(other) if reference.get(k) != other.get(k))
+        if differing:
+            key = differing[0]
+            raise ConfigError(f"the {name} model ({folders[name]}) is not the math expert's architecture: config "
+                              f"{key}={other.get(key)!r} there, {reference.get(key)!r} in {folders['math']} "
+                              f"(differing keys: {differing[:6]}); experts must come from one base model")
+    indexes = {name: _tensor_index(folder) for name, folder in folders.items()}
+    for name, index in indexes.items():
+        for key in sorted(set(index) ^ set(indexes["math"]))[:1]:
+            where = name if key in index else "math"
+            raise ConfigError(f"tensor {key} is only in the {where} model's weights ({folders[where]}); the experts "
+                              "must hold the same tensors (save both with save_pretrained from one base)")
+        for key, (_, shape, dtype) in index.items():
+            _, math_shape, math_dtype = indexes["math"][key]
+            if (shape, dtype) != (math_shape, math_dtype):
+                raise ConfigError(f"tensor {key}: {dtype}{list(shape)} in the {name} model, {math_dtype}"
+                                  f"{list(math_shape)} in the math expert")
+    return configs["math"], indexes
+
+
+def layer_swap(math_expert: str | Path, language_expert: str | Path, out_dir: str | Path, *,
+               language_layers: LayerSelection, non_layer: str, base: str | Path | None = None,
+               shard_bytes: int = 2 * 2**30) -> MergeReport:
+    """Write to ``out_dir`` the model whose layers ``language_layers`` selects come from
+    ``language_expert`` and whose other layers come from ``math_expert``; tensors outside the
+    layers from ``non_layer`` (``math`` | ``language`` | ``base``). Returns what was taken from where."""
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from xlt_runner.fileio import publish_dir
+
+    if non_layer not in SOURCES:
+        raise ConfigError(f"non_layer={non_layer!r}: say where embeddings, final norm and lm_head come from: "
+                          f"{' | '.join(SOURCES)}")
+    if non_layer == "base" and base is None:
+        raise ConfigError("non_layer=base needs the base model folder (base=...)")
+    folders = {"math": Path(math_expert), "language": Path(language_expert)}
+    if base is not None:
+        folders["base"] = Path(base)
+    config, indexes = _check_same_model(folders)
+
+    with torch.device("meta"):  # names and layout only: no weight is allocated
+        skeleton = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folders["math"]))
+    layout = describe_decoder(skeleton)
+    layers = set(resolve_layers(language_layers, layout.num_layers, "language_layers"))
+
+    def source_of(name: str) -> str:
+        layer, part = parameter_part(name, layout)
+        if layer is None:
+            return non_layer
+        return "language" if layer in layers and part in language_layers.modules else "math"
+
+    sources = {name: source_of(name) for name in indexes["math"]}
+    out_dir = Path(out_dir)
+    shard_names: list[list[str]] = [[]]
+    size = 0
+    for name in indexes["math"]:  # plan the shards: consecutive tensors up to shard_bytes each
+        _, shape, dtype = indexes["math"][name]
+        nbytes = _numel(shape) * _dtype_bytes(dtype)
+        if shard_names[-1] and size + nbytes > shard_bytes:
+            shard_names.append([])
+            size = 0
+        shard_names[-1].append(name)
+        size += nbytes
+    files = (["model.safetensors"] if len(shard_names) == 1 else
+             [f"model-{i + 1:05d}-of-{len(shard_names):05d}.safetensors" for i in range(len(shard_names))])
+    with publish_dir(out_dir, replace=True) as tmp:
+        for file_name, names in zip(files, shard_names):
+            shard = {}
+            for name in names:
+                file = indexes[sources[name]][name][0]
+                with safe_open(str(file), "pt") as handle:
+                    shard[name] = handle.get_tensor(name)
+            save_file(shard, str(tmp / file_name), metadata={"format": "pt"})
+            del shard
+        if len(files) > 1:
+            weight_map = {name: file_name for file_name, names in zip(files, shard_names) for name in names}
+            total = sum(_numel(s) * _dtype_bytes(d) for _, s, d in indexes["math"].values())
+            (tmp / f"model{_INDEX_SUFFIX}").write_text(json.dumps(
+                {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=1))
+        for item in folders["math"].iterdir():  # config, generation config, tokenizer: the math expert's
+            if item.is_file() and not item.name.endswith(_WEIGHT_SUFFIXES + (_INDEX_SUFFIX,)) and item.name != MERGE_FILE:
+                shutil.copy2(item, tmp / item.name)
+        counts = {source: sum(1 for s in sources.values() if s == source) for source in SOURCES if source in folders}
+        (tmp / MERGE_FILE).write_text(json.dumps({
+            "method": "layer_swap", "inputs": {k: str(v.resolve()) for k, v in folders.items()},
+            "language_layers": sorted(layers), "language_modules": list(language_layers.modules),
+            "non_layer": non_layer, "config_from": "math", "tensors_from": counts, "sources": sources,
+            "model_type": config.get("model_type")}, indent=1))
+    return MergeReport(out_dir=out_dir, language_layers=sorted(layers), tensors_from=counts, shards=len(files))
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def _dtype_bytes(dtype: str) -> int:
+    """Bytes per element of a safetensors dtype name (F32, BF16, F16, I64, ...)."""
+    digits = "".join(c for c in dtype if c.isdigit())
+    return max(1, int(digits) // 8) if digits else 1
