@@ -22,7 +22,7 @@ GENERATION_CONTEXT = {"model": "tiny_llama", "method": "prompting", "benchmark":
 def _is_generation(cfg) -> bool:
     from xlt_runner.methods import method_class
     generation_only = "classification" not in method_class(cfg.method.family, "generation").supported_tasks
-    return (cfg.model.kind == "decoder" or cfg.benchmark.task == "generation" or generation_only
+    return (cfg.model.kind == "decoder" or cfg.benchmark.task in ("generation", "math") or generation_only
             or cfg.languages.source[0] == "en")  # the QA benchmarks' codes (SIB-200's are eng_Latn ...)
 
 

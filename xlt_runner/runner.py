@@ -233,7 +233,7 @@ def _execute(cfg: DictConfig, run_dir: Path, record: RunRecord, t0: float, guard
                                              available, location)
                        if "langid_probe" in cfg.regime.stages else [])  # checked before training
     task_cls = TASK_KINDS.get(cfg.benchmark.task)
-    method_cls = method_class(cfg.method.family, cfg.benchmark.task)
+    method_cls = method_class(cfg.method.family, task_cls.method_task_kind())
     record.source_languages, record.target_languages, record.group_members = source, targets, members
     record.regime, record.task, record.method_family = cfg.regime.name, task_cls.name, cfg.method.family
     record.metrics = [spec.to_dict() for spec in task_cls.metrics]

@@ -28,8 +28,8 @@ def validate(cfg: Any) -> None:
     task_cls.check_config(cfg)
     if hasattr(benchmark_cls, "check_config"):
         benchmark_cls.check_config(cfg)
-    method_cls = method_class(cfg.method.family, cfg.benchmark.task)
-    method_cls.check_supported(cfg.benchmark.task, cfg.model.kind)
+    method_cls = method_class(cfg.method.family, task_cls.method_task_kind())
+    method_cls.check_supported(task_cls.method_task_kind(), cfg.model.kind)
     method_cls.check_method_config(cfg.method)
     stages = list(cfg.regime.stages)
     unknown = [s for s in stages if s not in STAGES]

@@ -29,7 +29,6 @@ from xlt_runner.methods.base import MethodBase, NonFiniteValueError
 from xlt_runner.methods.finetune import LoraConfig, apply_lora
 from xlt_runner.models import Backbone
 from xlt_runner.models.layers import LayerSelection, check_selection, select_parameters
-from xlt_runner.tasks.generation import per_language_results
 
 
 @dataclass
@@ -65,7 +64,7 @@ class PartialLayersConfig(SftConfig):
 class DecoderMethod(MethodBase):
     """A causal LM answering questions. ``backbone`` is the ``AutoModelForCausalLM``."""
 
-    supported_tasks: ClassVar[tuple[str, ...]] = ("generation",)
+    supported_tasks: ClassVar[tuple[str, ...]] = ("generation",)  # and the task kinds run by its methods (math)
     supported_model_kinds: ClassVar[tuple[str, ...]] = ("decoder",)
 
     def __init__(self, cfg: MethodConfig, backbone: Backbone, task, total_steps: int) -> None:
@@ -86,10 +85,10 @@ class DecoderMethod(MethodBase):
         self.reset_metrics()
 
     def reset_metrics(self) -> None:
-        from xlt_runner.metrics.generation import PerLanguageGeneration, PerLanguageMean
+        from xlt_runner.metrics.generation import PerLanguageMean
         n = len(self.task.eval_languages)
         self.val_loss = PerLanguageMean(n).to(self.device)
-        self.test_metric = PerLanguageGeneration(n).to(self.device)
+        self.test_metric = self.task.scoring.metric(n).to(self.device)
         self._source_index = torch.tensor([self.task.eval_languages.index(l) for l in self.task.source_languages])
         self._predictions: list[dict[str, Any]] = []
 
@@ -144,14 +143,13 @@ class DecoderMethod(MethodBase):
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         from xlt_runner.generation import generate_greedy
-        from xlt_runner.metrics.generation import score_prediction
         outputs = generate_greedy(self.backbone, self.tokenizer, batch["input_ids"], batch["attention_mask"],
                                   max_new_tokens=self.task.max_new_tokens, stop_strings=self.task.stop_strings,
                                   eos_token_ids=self.task.stop_token_ids)
         scores = []
         for index, output in zip(batch["index"].tolist(), outputs):
             example = self.task.examples[index]
-            score = score_prediction(output.text, example.references, example.lang, self.identifier)
+            score = self.task.scoring.score(output.text, example.references, example.lang, self.identifier)
             scores.append(score)
             self._predictions.append({"id": example.id, "lang": example.lang, "prompt": example.prompt,
                                       "prediction": output.text, "references": list(example.references),
@@ -170,7 +168,7 @@ class DecoderMethod(MethodBase):
             predictions = [row for rows in gathered for row in rows]
         order = {(e.lang, e.id): i for i, e in enumerate(self.task.examples)}
         self.test_predictions = sorted(predictions, key=lambda row: order[(row["lang"], row["id"])])
-        results = per_language_results(values, self.task.eval_languages)
+        results = self.task.scoring.results(values, self.task.eval_languages)
         self.test_results = results
 
     # -------------------------------------------------------------- checkpoints

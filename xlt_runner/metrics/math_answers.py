@@ -13,9 +13,16 @@ is *unparsable*: wrong, and counted as such (:func:`score_math_answer`), never a
 """
 from __future__ import annotations
 
+import math
 import re
 import unicodedata
 from decimal import Decimal
+from typing import Sequence
+
+import torch
+from torchmetrics import Metric
+
+from xlt_runner.metrics.spec import MetricSpec
 
 #: The phrase before the final answer in MGSM's step-by-step exemplars (each language's answers
 #: end "<phrase> <number>."), and GSM8K's "####". Lower-cased; matched case-insensitively.
@@ -79,3 +86,49 @@ def score_math_answer(generation: str, gold: str, lang: str | None = None) -> di
         raise ValueError(f"gold answer {gold!r} is not a number")
     answer = extract_answer(generation, lang)
     return {"exact_match": answer is not None and answer == expected, "unparsable": answer is None}
+
+
+class PerLanguageMath(Metric):
+    """Per-language counts of math answers: ``update_from_scores(lang_index, scores)`` with
+    :func:`score_math_answer` dicts; ``per_language()`` gives ``(languages,)`` tensors
+    ``exact_match`` and ``unparsable_rate`` (fractions of ``n``, float64, NaN where ``n`` is 0) and
+    ``n``. Sum states, so DDP evaluation adds up to one process's numbers."""
+
+    full_state_update = False
+
+    def __init__(self, num_languages: int, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.num_languages = num_languages
+        for name in ("n", "exact_match", "unparsable"):
+            self.add_state(name, default=torch.zeros(num_languages, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, lang: torch.Tensor, exact_match: torch.Tensor, unparsable: torch.Tensor) -> None:
+        """Language indices and two bool tensors, all ``(batch,)``."""
+        lang = lang.long()
+        self.n += torch.bincount(lang, minlength=self.num_languages)
+        self.exact_match += torch.bincount(lang[exact_match.bool()], minlength=self.num_languages)
+        self.unparsable += torch.bincount(lang[unparsable.bool()], minlength=self.num_languages)
+
+    def update_from_scores(self, lang_index: Sequence[int] | torch.Tensor, scores: Sequence[dict]) -> None:
+        """``update`` from :func:`score_math_answer` dicts, ``lang_index[i]`` the language of ``scores[i]``."""
+        def flags(key: str) -> torch.Tensor:
+            return torch.tensor([bool(s[key]) for s in scores], dtype=torch.bool, device=self.device)
+        self.update(torch.as_tensor(lang_index, dtype=torch.long, device=self.device),
+                    flags("exact_match"), flags("unparsable"))
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        nan = torch.full_like(self.n, math.nan, dtype=torch.float64)
+        rate = lambda count: torch.where(self.n > 0, count.double() / self.n.clamp(min=1), nan)  # noqa: E731
+        return {"exact_match": rate(self.exact_match), "unparsable_rate": rate(self.unparsable), "n": self.n.clone()}
+
+    def per_language(self) -> dict[str, torch.Tensor]:
+        return {k: v.reshape(-1) for k, v in self.compute().items()}
+
+
+#: Math metrics (MGSM); ``exact_match`` is the primary one.
+MATH_METRICS: tuple[MetricSpec, ...] = (
+    MetricSpec(name="exact_match", description="the answer's number (after the answer phrase, else the last "
+                                               "number) equals the gold number"),
+    MetricSpec(name="unparsable_rate", higher_is_better=False,
+               description="share of answers without a number (scored wrong)"),
+)

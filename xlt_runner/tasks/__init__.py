@@ -29,6 +29,12 @@ class TaskKind:
     primary_metric: ClassVar[str]
     monitors: ClassVar[dict[str, str]]  # dev metric -> "min" | "max"; the first is the default
     model_kinds: ClassVar[tuple[str, ...]]
+    methods_of: ClassVar[str | None] = None  # the task kind whose methods run this one; None: its own
+
+    @classmethod
+    def method_task_kind(cls) -> str:
+        """The task kind methods are registered and checked for (``math`` runs the ``generation`` methods)."""
+        return cls.methods_of or cls.name
 
     def __init__(self, cfg: DictConfig, benchmark: Any, backbone: Any) -> None:
         self.cfg, self.benchmark, self.backbone = cfg, benchmark, backbone

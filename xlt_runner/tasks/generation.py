@@ -10,13 +10,26 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from xlt_runner.data import GenerationExample
-from xlt_runner.metrics.generation import GENERATION_METRICS
+from xlt_runner.metrics.generation import GENERATION_METRICS, PerLanguageGeneration, score_prediction
+from xlt_runner.metrics.math_answers import MATH_METRICS, PerLanguageMath, score_math_answer
 from xlt_runner.tasks import TASK_KINDS, TaskKind
 
 PREDICTIONS_FILE = "predictions.jsonl"
+
+
+@dataclass(frozen=True)
+class AnswerScoring:
+    """How a generation task kind scores answers. ``score(prediction, references, lang,
+    identifier) -> dict``: one example's scores (written to ``predictions.jsonl``, recomputed by
+    ``xlt-rescore``); ``metric(num_languages)``: a torchmetrics metric with
+    ``update_from_scores(lang_index, scores)`` and ``per_language()``; ``results(values,
+    languages)``: its values as the record's ``per_language``."""
+    score: Callable[..., dict]
+    metric: Callable[[int], Any]
+    results: Callable[[dict, list[str]], dict[str, dict]]
 
 
 @dataclass
@@ -31,6 +44,7 @@ class GenerationTask:
     stop_strings: list[str]
     stop_token_ids: tuple[int, ...]
     language_identifier: str
+    scoring: AnswerScoring
 
     @property
     def examples(self) -> list[GenerationExample]:
@@ -39,9 +53,10 @@ class GenerationTask:
 
 @TASK_KINDS.register("generation")
 class Generation(TaskKind):
-    """Decoder + prompt format; best checkpoint by source-dev loss."""
+    """Decoder + prompt format; best checkpoint by source-dev loss; answers scored as QA answers."""
     metrics = GENERATION_METRICS
     primary_metric = "accuracy"
+    scoring: AnswerScoring  # QA_SCORING, set below
     monitors = {"val/loss": "min"}
     model_kinds = ("decoder",)
 
@@ -81,7 +96,7 @@ class Generation(TaskKind):
         return GenerationTask(eval_languages=datamodule.eval_languages, source_languages=source,
                               datamodule=datamodule, max_new_tokens=b.max_new_tokens,
                               stop_strings=list(b.stop_strings), stop_token_ids=self.prompt_format.stop_token_ids,
-                              language_identifier=b.language_identifier)
+                              language_identifier=b.language_identifier, scoring=self.scoring)
 
     def subsample_rule(self) -> dict:
         from xlt_runner.data.generation import SUBSAMPLE_SEED
@@ -165,6 +180,31 @@ def per_language_results(values: dict, languages: list[str]) -> dict[str, dict]:
     return results
 
 
+def math_results(values: dict, languages: list[str]) -> dict[str, dict]:
+    """``PerLanguageMath.per_language()`` as the record's ``per_language`` (languages with examples)."""
+    return {lang: {"exact_match": float(values["exact_match"][i]),
+                   "unparsable_rate": float(values["unparsable_rate"][i]), "n": int(values["n"][i])}
+            for i, lang in enumerate(languages) if int(values["n"][i])}
+
+
+QA_SCORING = AnswerScoring(score=score_prediction, metric=PerLanguageGeneration, results=per_language_results)
+MATH_SCORING = AnswerScoring(score=lambda prediction, references, lang, identifier:
+                             score_math_answer(prediction, references[0], lang),
+                             metric=PerLanguageMath, results=math_results)
+Generation.scoring = QA_SCORING
+
+
+@TASK_KINDS.register("math")
+class MathGeneration(Generation):
+    """Math word problems (MGSM): a decoder writes its reasoning; the number it answers
+    (:func:`~xlt_runner.metrics.math_answers.extract_answer`) is compared with the gold number.
+    Runs the generation methods (``prompting``, ``sft``, ...) with their data and generation loop."""
+    metrics = MATH_METRICS
+    primary_metric = "exact_match"
+    methods_of = "generation"
+    scoring = MATH_SCORING
+
+
 def rescore(run_dir: Path) -> dict:
     """Recompute every metric of a complete generation run from its ``predictions.jsonl`` with
     the metric code installed now (no model): per-example scores, per-language results and
@@ -175,15 +215,16 @@ def rescore(run_dir: Path) -> dict:
 
     from xlt_runner.data.languages import withhold_groups_with_source_languages
     from xlt_runner.fileio import write_json_atomic
-    from xlt_runner.metrics.generation import PerLanguageGeneration, score_prediction
     from xlt_runner.metrics.language_id import build_identifier
     from xlt_runner.results.record import RESULTS_FILE, read_record, write_per_language_csv
     from xlt_runner.stages import group_means
 
     run_dir = Path(run_dir)
     record = read_record(run_dir)
-    if record is None or record.get("task") != "generation":
-        raise ValueError(f"{run_dir} holds no generation run record ({RESULTS_FILE} with task=generation)")
+    task = str(record.get("task")) if record else None
+    scoring = getattr(TASK_KINDS.get(task), "scoring", None) if task in TASK_KINDS.names() else None
+    if scoring is None:
+        raise ValueError(f"{run_dir} holds no generation run record ({RESULTS_FILE} with task=generation or math)")
     if record.get("status") != "complete":
         raise ValueError(f"{run_dir / RESULTS_FILE} has status {record.get('status')!r}: only a complete run "
                          "is rescored (its predictions cover every target language)")
@@ -191,14 +232,14 @@ def rescore(run_dir: Path) -> dict:
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     identifier = build_identifier(record["config"]["benchmark"]["language_identifier"])
     languages = list(record["target_languages"])
-    metric = PerLanguageGeneration(len(languages))
+    metric = scoring.metric(len(languages))
     changed = 0
     for row in rows:
-        score = score_prediction(row["prediction"], row["references"], row["lang"], identifier)
+        score = scoring.score(row["prediction"], row["references"], row["lang"], identifier)
         changed += score != row["scores"]
         row["scores"] = score
     metric.update_from_scores([languages.index(row["lang"]) for row in rows], [row["scores"] for row in rows])
-    per_language = per_language_results(metric.per_language(), languages)
+    per_language = scoring.results(metric.per_language(), languages)
     missing = [lang for lang in languages if lang not in per_language]
     if missing:
         raise ValueError(f"{path} has no predictions for target languages {missing[:5]}")
