@@ -405,12 +405,12 @@ def run_main() -> None:
 
 
 def rescore_main() -> None:
-    """``xlt-rescore RUN_DIR...``: recompute a generation run's metrics from ``predictions.jsonl``."""
+    """``xlt-rescore RUN_DIR...``: recompute a generation or math run's metrics from ``predictions.jsonl``."""
     import argparse
 
     from xlt_runner.tasks.generation import rescore
     parser = argparse.ArgumentParser(prog="xlt-rescore", description=(
-        "Recompute every metric of complete generation runs from their saved predictions (no model, "
+        "Recompute every metric of complete generation and math runs from their saved predictions (no model, "
         "no GPU): per-example scores, per-language results and group means, rewritten in place."))
     parser.add_argument("run_dirs", nargs="+", type=Path, help="run directories holding results.json")
     args = parser.parse_args()
