@@ -95,3 +95,13 @@ def test_a_partial_run_records_which_parameters_trained(tmp_path, shared_cache):
     assert table and all(row["name"].startswith("backbone.model.layers.1.") for row in table)  # tiny llama: 2 layers
     assert sum(int(row["count"]) for row in table) == record["params"]["trainable"] < record["params"]["total"]
     assert set(load_file(run_dir / "method_weights.safetensors")) == {row["name"] for row in table}
+
+
+def test_under_fsdp_the_optimiser_holds_only_the_trainable_parameters():
+    """The optimiser gets the parameters that require a gradient, whatever the strategy; with
+    frozen and trainable parameters in one FSDP unit that needs FSDP to keep the original
+    parameters, which Lightning's ``fsdp`` strategy (``trainer=fsdp``) does by default: pinned here."""
+    from pytorch_lightning.strategies import FSDPStrategy
+    assert FSDPStrategy().kwargs["use_orig_params"] is True
+    from xlt_runner.composition import compose
+    assert compose(["trainer=fsdp"]).trainer.strategy == "fsdp"
