@@ -104,3 +104,22 @@ def test_xlt_analyze_layers_command(tmp_path, base):
     wrong = subprocess.run([str(script), "layers", str(a), str(b), "--base", str(tmp_path / "missing")],
                            capture_output=True, text=True, timeout=300)
     assert wrong.returncode == 2 and "no safetensors weights" in wrong.stderr
+
+
+def test_a_ranking_of_another_model_of_the_same_depth_is_refused(tmp_path, base):
+    """The ranking keeps the shapes of the tensors it compared: a model of the same depth but other
+    shapes (another model) is refused when the spec is resolved against it; the model it was made
+    on (same names and shapes) is accepted."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from conftest import small_llama
+    from xlt_runner.models.layers import select_parameters
+    out = tmp_path / "analysis"
+    analyze_layers(_run(tmp_path, "target", {"model.layers.1.mlp.down_proj.weight": 1.0}),
+                   _run(tmp_path, "english", {}), base, out)
+    spec = LayerSelection(from_analysis=str(out / "layer_ranking.json"), top=1)
+    with pytest.raises(ConfigError, match=r"ranks another model: its model.layers.0.\S+ has shape"):
+        select_parameters(small_llama(layers=3), spec)
+    same = LlamaForCausalLM(LlamaConfig(vocab_size=10, hidden_size=4, intermediate_size=8, num_hidden_layers=3,
+                                        num_attention_heads=1, num_key_value_heads=1))
+    assert select_parameters(same, spec) and all(".layers.1." in n for n in select_parameters(same, spec))

@@ -93,26 +93,6 @@ def test_tied_embeddings_train_together_or_not_at_all():
     assert "lm_head.weight" in names and "model.embed_tokens.weight" not in names
 
 
-#: The CoCo-CoLa paper's final layers (1-based, inclusive) and each model's depth.
-PAPER_LAYERS = {"llama32_1b": (16, 11, 16), "llama32_3b": (28, 15, 28), "llama31_8b": (32, 16, 32),
-                "gemma3_4b": (34, 21, 34)}
-
-
-@pytest.mark.parametrize("model", sorted(PAPER_LAYERS))
-def test_the_paper_presets_name_the_papers_layers_and_their_controls(model):
-    from omegaconf import OmegaConf
-
-    from xlt_runner.composition import compose
-    depth, first, last = PAPER_LAYERS[model]
-    chosen = {}
-    for kind in ("last", "first"):
-        cfg = compose([f"method=coco_{kind}_{model}", "model=tiny_llama", "benchmark=mkqa_cbqa", "languages=qa_english"])
-        assert cfg.method.family == "partial_layers"
-        chosen[kind] = resolve_layers(LayerSelection(**OmegaConf.to_container(cfg.method.trainable)), depth)
-    assert chosen["last"] == list(range(first - 1, last))  # the paper's 1-based range, 0-based
-    assert chosen["first"] == list(range(len(chosen["last"])))  # the control: as many layers from the bottom
-
-
 def test_a_gemma3_decoder_is_laid_out_like_llama():
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
     config = Gemma3TextConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=4,

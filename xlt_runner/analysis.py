@@ -80,15 +80,19 @@ def _pairs(tuned: list[Path], base: list[Path]) -> Iterator[tuple[str, "object",
                     yield name, handle.get_tensor(key), other.get_tensor(base_key)
 
 
-def layer_updates(tuned: str | Path, base: str | Path) -> dict[int, dict[str, float]]:
+def layer_updates(tuned: str | Path, base: str | Path,
+                  shapes: dict[str, list[int]] | None = None) -> dict[int, dict[str, float]]:
     """layer -> module type -> mean |W_tuned − W_base| over that module type's elements (float64);
-    only tensors present in both. Raises AnalysisError when nothing can be compared or shapes differ."""
+    only tensors present in both (their shapes go into ``shapes`` when given). Raises
+    AnalysisError when nothing can be compared or shapes differ."""
     sums: dict[int, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     counts: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for name, a, b in _pairs(weight_files(tuned), weight_files(base)):
         if a.shape != b.shape:
             raise AnalysisError(f"{name}: shape {tuple(a.shape)} in {tuned} but {tuple(b.shape)} in {base}: "
                                 "they are not the same model")
+        if shapes is not None:
+            shapes[name] = list(a.shape)
         layer, module = _LAYER_TENSOR.search(name).group(1, 2)
         sums[int(layer)][module] += float((a.double() - b.double()).abs().sum())
         counts[int(layer)][module] += a.numel()
@@ -143,7 +147,8 @@ def analyze_layers(run_a: Path, run_b: Path, base: Path, out: Path) -> dict:
     """Updates of ``run_a`` and ``run_b`` against ``base``, their heatmaps and the ranking
     (written to ``out``); returns the ranking file's content."""
     from xlt_runner.fileio import write_json_atomic
-    a, b = layer_updates(run_a, base), layer_updates(run_b, base)
+    shapes: dict[str, list[int]] = {}
+    a, b = layer_updates(run_a, base, shapes), layer_updates(run_b, base, shapes)
     if sorted(a) != sorted(b):
         raise AnalysisError(f"{run_a} and {run_b} changed different layers ({sorted(a)} vs {sorted(b)}) "
                             "against the same base: not runs of the same model")
@@ -154,10 +159,23 @@ def analyze_layers(run_a: Path, run_b: Path, base: Path, out: Path) -> dict:
     plot_heatmap(difference, out / "updates_a_minus_b.png", "mean |ΔW| A − B (red: A moved more)", diverging=True)
     result = {"format": RANKING_FORMAT, "run_a": str(run_a), "run_b": str(run_b), "base": str(base),
               "num_layers_compared": len(a), "layers": max(a) + 1,
+              "tensor_shapes": shapes,  # of every layer tensor compared: a model to use the ranking on must match
               "ranking": rank_layers(a, b), "updates_a": {str(k): v for k, v in a.items()},
               "updates_b": {str(k): v for k, v in b.items()}}
     write_json_atomic(out / RANKING_FILE, result)
     return result
+
+
+def check_ranking_model(path: str | Path, parameters: dict[str, tuple[int, ...]]) -> None:
+    """Refuse a ranking made on another model: every layer tensor it compared must be among
+    ``parameters`` (name -> shape) with the same shape. Rankings written before shapes were
+    recorded are checked by depth only (:func:`top_layers`)."""
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    for name, shape in (data.get("tensor_shapes") or {}).items():
+        if name not in parameters or tuple(parameters[name]) != tuple(shape):
+            found = f"shape {list(parameters[name])}" if name in parameters else "no such tensor"
+            raise AnalysisError(f"{path} ranks another model: its {name} has shape {shape}, this model has {found} "
+                                f"(it compared {data.get('run_a')} and {data.get('run_b')})")
 
 
 def top_layers(path: str | Path, top: int, depth: int) -> list[int]:

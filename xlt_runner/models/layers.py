@@ -208,6 +208,12 @@ def select_parameters(model: nn.Module, selection: LayerSelection, key: str = "m
         raise ConfigError(f"{key}.lm_head=true on a model whose lm_head is tied to the input embedding: "
                           f"training it trains the embedding too; set {key}.embeddings=true as well (or neither)")
     layers = set(resolve_layers(selection, layout.num_layers, key))
+    if selection.from_analysis is not None:
+        from xlt_runner.analysis import AnalysisError, check_ranking_model
+        try:
+            check_ranking_model(selection.from_analysis, {n: tuple(p.shape) for n, p in model.named_parameters()})
+        except AnalysisError as exc:
+            raise ConfigError(f"{key}.from_analysis: {exc}") from None
     outside = {"embeddings": selection.embeddings, "lm_head": selection.lm_head, "final_norm": selection.final_norm}
     chosen = []
     for name, _ in model.named_parameters():
