@@ -16,8 +16,8 @@ and, within them, module types, plus switches for the parameters outside the lay
   layer's attention module, its q/k norms included), ``mlp``, ``norms`` (the layer's own norms
   outside those two).
 - ``from_analysis`` + ``top``: the ``top`` layers that ``xlt-analyze layers`` ranked highest in
-  its ``layer_ranking.json`` (:mod:`xlt_runner.analysis`), joined to the layers above; a ranking of a
-  model with another depth is refused.
+  its ``layer_ranking.json`` (:mod:`xlt_runner.analysis`), joined to the layers above; a ranking of
+  another model (another depth, or tensors of other shapes) is refused.
 - ``embeddings``, ``lm_head``, ``final_norm``: the parameters outside the layers. On a model
   whose ``lm_head`` shares its weight with the input embedding (tied), training one trains the
   other: ``lm_head: true`` without ``embeddings: true`` is refused there, and ``embeddings:
