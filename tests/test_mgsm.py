@@ -110,3 +110,17 @@ def test_the_real_files_give_250_parallel_problems_in_11_languages():
         problems = real.load(lang, "test")
         assert len(problems) == 250 and problems[0].prompt.count("\n\n") == 2
     assert [p.references for p in real.load("en", "test")] == [p.references for p in real.load("te", "test")]
+
+
+@pytest.mark.parametrize("overrides,expected", [
+    (["method=sft"], "MGSM has only a test split"),
+    (["benchmark.shots=9"], "MGSM has 8 exemplars per language (0-8)"),
+    (["languages.targets=[xx]"], "xx"),
+])
+def test_bad_mgsm_configs_fail_before_any_model_loads(overrides, expected):
+    from xlt_runner.composition import compose
+    from xlt_runner.validation import validate
+    with pytest.raises(ConfigError) as err:
+        validate(compose(["experiment=mgsm_cpu", *overrides]))
+    assert expected in str(err.value)
+    validate(compose(["experiment=mgsm_cpu"]))

@@ -116,6 +116,18 @@ class Mgsm:
         self._exemplars: dict[str, list[Exemplar]] | None = None
 
     @staticmethod
+    def check_config(cfg) -> None:
+        """Before any model loads: the shot count, and no training on MGSM (it has only a test split)."""
+        from xlt_runner.methods import method_class
+        if not 0 <= cfg.benchmark.shots <= MAX_SHOTS:
+            raise ConfigError(f"benchmark.shots={cfg.benchmark.shots}: MGSM has {MAX_SHOTS} exemplars per language "
+                              f"(0-{MAX_SHOTS})")
+        if method_class(cfg.method.family, "generation").trains and "fit" in cfg.regime.stages:
+            raise ConfigError(f"method={cfg.method.name} trains, but MGSM has only a test split (its {MGSM_QUESTIONS} "
+                              "problems): evaluate with method=prompting (method.init_from=<weights> for a tuned "
+                              "model)")
+
+    @staticmethod
     def language_table() -> LanguageTable:
         from xlt_runner.data.languages import Language
         sib = LanguageTable.default()
