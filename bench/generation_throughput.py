@@ -37,17 +37,24 @@ from common import DEFAULT_CACHE_DIR, REPO_ROOT, environment, set_threads, write
 
 DEFAULT_DATA_DIR = str((REPO_ROOT / ".." / "shared" / "data" / "mkqa" / "mia2022_dev").resolve())
 DEFAULT_LANGUAGES = ["en", "es", "ru", "ar", "ja"]  # Latin, Cyrillic, Arabic, Japanese scripts
+#: --benchmark mgsm: MGSM's 2-shot chain-of-thought prompts (plain format), long answers.
+MGSM_DATA_DIR = str((REPO_ROOT / ".." / "shared" / "data" / "mgsm").resolve())
+MGSM_LANGUAGES = ["en", "zh", "sw", "te", "th"]  # Latin, Han, Telugu, Thai: prompts of very different lengths
 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="directory of the MIA-2022 mkqa-<lang>.jsonl files")
-    p.add_argument("--languages", default=",".join(DEFAULT_LANGUAGES), help="comma-separated MKQA language codes")
+    p.add_argument("--benchmark", choices=("mkqa", "mgsm"), default="mkqa",
+                   help="mkqa: short answers, chat format (default); mgsm: 2-shot chain-of-thought math prompts, "
+                        "plain format, MGSM's stop strings, 128 new tokens by default")
+    p.add_argument("--data-dir", default=None, help="MIA-2022 mkqa-<lang>.jsonl files, or the MGSM files")
+    p.add_argument("--languages", default=None, help="comma-separated language codes")
     p.add_argument("--num-questions", type=int, default=300, help="in all, split evenly over the languages")
     p.add_argument("--limit", type=int, default=None, help="answer only the first N of them (smoke run)")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--max-new-tokens", type=int, default=32)
-    p.add_argument("--stop-strings", default="\\n", help="comma-separated, Python escapes allowed (default: newline)")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="default: 32 (mkqa), 128 (mgsm)")
+    p.add_argument("--stop-strings", default=None,
+                   help="comma-separated, Python escapes allowed (default: newline; mgsm: the benchmark's)")
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads (every side)")
     p.add_argument("--repeats", type=int, default=1,
                    help="rounds of (b) and (c), in alternating order (b c, c b, ...); (a) runs once, after round 1")
@@ -70,6 +77,14 @@ def read_questions(data_dir: Path, languages: list[str], total: int) -> list[dic
         if [r["id"].rsplit("_", 1)[0] for r in rows[lang]] != base:
             raise SystemExit(f"error: mkqa-{lang}.jsonl is not aligned with mkqa-{languages[0]}.jsonl")
     return [row for lang in languages for row in rows[lang]]
+
+
+def read_mgsm(data_dir: Path, languages: list[str], total: int) -> list[dict]:
+    """The first ``total // len(languages)`` MGSM problems of each language as their 2-shot prompts."""
+    from xlt_runner.data.mgsm import Mgsm, MgsmConfig
+    bench = Mgsm(MgsmConfig(name="mgsm", data_dir=str(data_dir)), "/tmp")
+    per_language = total // len(languages)
+    return [{"question": example.prompt} for lang in languages for example in bench.load(lang, "test")[:per_language]]
 
 
 class WorkCounter:
@@ -103,9 +118,13 @@ class WorkCounter:
 def main() -> None:
     args = parse_args()
     set_threads(args.threads)
-    languages = [c.strip() for c in args.languages.split(",") if c.strip()]
-    stop_strings = [s.encode().decode("unicode_escape") for s in args.stop_strings.split(",") if s]
-    rows = read_questions(Path(args.data_dir), languages, args.num_questions)[:args.limit]
+    mgsm = args.benchmark == "mgsm"
+    languages = [c.strip() for c in (args.languages or ",".join(MGSM_LANGUAGES if mgsm else DEFAULT_LANGUAGES))
+                 .split(",") if c.strip()]
+    args.max_new_tokens = args.max_new_tokens or (128 if mgsm else 32)
+    data_dir = Path(args.data_dir or (MGSM_DATA_DIR if mgsm else DEFAULT_DATA_DIR))
+    rows = (read_mgsm(data_dir, languages, args.num_questions) if mgsm else
+            read_questions(data_dir, languages, args.num_questions))[:args.limit]
 
     import numpy as np
     import torch
@@ -118,7 +137,10 @@ def main() -> None:
     from xlt_runner.models import load_backbone
 
     transformers.logging.set_verbosity_error()
-    cfg = compose(["model=smollm2_135m", "model.format=chat"])
+    cfg = compose(["model=smollm2_135m", "model.format=plain", "model.template='{q} {a}'", "model.max_length=1024",
+                   "benchmark=mgsm"] if mgsm else ["model=smollm2_135m", "model.format=chat"])
+    stop_strings = ([s.encode().decode("unicode_escape") for s in args.stop_strings.split(",") if s]
+                    if args.stop_strings is not None else list(cfg.benchmark.stop_strings) if mgsm else ["\n"])
     backbone = load_backbone(cfg.model, str(REPO_ROOT / DEFAULT_CACHE_DIR))
     model, tokenizer = backbone.model, backbone.tokenizer
     prompt_format = PromptFormat(cfg.model, tokenizer, training=False)
@@ -164,8 +186,8 @@ def main() -> None:
                 texts[i] = output.text
         return texts
 
-    print(f"generation_throughput: SmolLM2-135M-Instruct ({backbone.source}), chat format, fp32, greedy, "
-          f"{len(prompts)} MKQA questions ({', '.join(languages)}), max_new_tokens {args.max_new_tokens}, "
+    print(f"generation_throughput: SmolLM2-135M-Instruct ({backbone.source}), {cfg.model.format} format, fp32, greedy, "
+          f"{len(prompts)} {args.benchmark.upper()} questions ({', '.join(languages)}), max_new_tokens {args.max_new_tokens}, "
           f"batch {args.batch_size}, stop strings {stop_strings!r}, end-of-turn ids {eos}")
     print(f"environment: {environment()}")
     with torch.inference_mode():
@@ -203,9 +225,10 @@ def main() -> None:
               f"{len(prompts) / seconds[name]:.2f} questions/s")
     print(f"speed-up c/a: {c_over_a:.1f}x (goal >= 10x); c/b: {c_over_b:.2f}x (goal >= 1.3x); "
           f"empty answers: {empty}; first answers: {texts['c_xlt_runner'][:3]}")
-    path = write_results("generation_throughput", {
-        "what": "greedy QA generation: one at a time vs plain batched generate vs xlt_runner (sorted + per-row stop)",
-        "model": backbone.source, "format": "chat", "dtype": cfg.model.dtype, "languages": languages,
+    path = write_results("generation_throughput" + ("_mgsm" if mgsm else ""), {
+        "what": f"greedy {args.benchmark} generation: one at a time vs plain batched generate vs xlt_runner "
+                "(sorted + per-row stop)",
+        "model": backbone.source, "format": cfg.model.format, "dtype": cfg.model.dtype, "languages": languages,
         "questions": len(prompts), "batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens,
         "stop_strings": stop_strings, "eos_token_ids": eos, "tokenisation_in_timing": False, "repeats": args.repeats,
         "runs": runs, "median_seconds": seconds,
