@@ -12,7 +12,7 @@ from xlt_runner.config import ConfigError
 from xlt_runner.methods.decoder import PartialLayers, PartialLayersConfig
 from xlt_runner.models.layers import LayerSelection
 from xlt_runner.models.loading import Backbone
-from xlt_runner.tasks.generation import GenerationTask
+from xlt_runner.tasks.generation import QA_SCORING, GenerationTask
 
 from conftest import find_records, run_cli, small_llama
 from test_generation_run import make_synthetic_qa, qa_args
@@ -23,7 +23,7 @@ def _method(selection: LayerSelection, layers: int = 6, tied: bool = False, **cf
     backbone = Backbone(model=model, tokenizer=None, kind="decoder", name="tiny", hidden_size=16, source="test",
                         pooling=None)
     task = GenerationTask(eval_languages=["en"], source_languages=["en"], datamodule=None, max_new_tokens=4,
-                          stop_strings=[], stop_token_ids=(), language_identifier="py3langid")
+                          stop_strings=[], stop_token_ids=(), language_identifier="py3langid", scoring=QA_SCORING)
     return PartialLayers(PartialLayersConfig(trainable=selection, **cfg), backbone, task, total_steps=4)
 
 
