@@ -193,7 +193,7 @@ class LanguageTable:
             return [term]
         close = difflib.get_close_matches(term, list(sets), n=2, cutoff=0.5) + self.close_codes(term)
         raise ConfigError(
-            f"unknown language or set {term!r} in {entry!r}: use a language code (e.g. eng_Latn), "
+            f"unknown language or set {term!r} in {entry!r}: use a language code (e.g. {', '.join(list(self._by_code)[:3])}), "
             f"a set name ({', '.join(sets)}) or a difference like 'seen-joshi5'; "
             f"closest matches: {close or 'none'}")
 

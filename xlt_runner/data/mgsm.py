@@ -172,7 +172,10 @@ class Mgsm:
     def exemplars(self, lang: str) -> list[Exemplar]:
         """The language's 8 exemplars in id order; BenchmarkDataError if the language has none."""
         if self._exemplars is None:
-            self._exemplars = self._read_exemplars()
+            self._exemplars = self._read_exemplars() if self.root is not None else {}
+        if self.root is None and lang not in self._exemplars:  # the Hub: one config per language, read when needed
+            rows = _hub_dataset(self.name, self.hub_id, lang, "train", self.hub_revision, LOCAL_EXAMPLE)
+            self._exemplars[lang] = [Exemplar(r["question"], r["answer"], int(r["answer_number"])) for r in rows]
         found = self._exemplars.get(lang, [])
         if len(found) < max(self.shots, 1):
             raise BenchmarkDataError(f"{self.name}: {len(found)} exemplars for {lang!r} in {self.location}; "
@@ -180,23 +183,18 @@ class Mgsm:
         return found
 
     def _read_exemplars(self) -> dict[str, list[Exemplar]]:
+        """Every language's exemplars from the local ``mgsm_exemplars.jsonl``, in id order."""
         out: dict[str, list[tuple[int, Exemplar]]] = {}
-        if self.root is not None:
-            path = self.root / EXEMPLARS_FILE
-            if not path.is_file():
-                raise BenchmarkDataError(f"{self.name}: no {EXEMPLARS_FILE} in {self.location}; expected {LOCAL_LAYOUT}")
-            for number, row in _json_lines(self.name, path):
-                try:
-                    out.setdefault(row["lang"], []).append(
-                        (int(row["exemplar_id"]), Exemplar(row["q"], row["a"], int(row["number_answer"]))))
-                except (KeyError, TypeError, ValueError):
-                    raise BenchmarkDataError(f"{self.name}: {path} line {number}: expected {{lang, exemplar_id, q, a, "
-                                             "number_answer}") from None
-        else:
-            for lang in MGSM_LANGUAGES:
-                rows = _hub_dataset(self.name, self.hub_id, lang, "train", self.hub_revision, LOCAL_EXAMPLE)
-                out[lang] = [(i, Exemplar(r["question"], r["answer"], int(r["answer_number"])))
-                             for i, r in enumerate(rows)]
+        path = self.root / EXEMPLARS_FILE
+        if not path.is_file():
+            raise BenchmarkDataError(f"{self.name}: no {EXEMPLARS_FILE} in {self.location}; expected {LOCAL_LAYOUT}")
+        for number, row in _json_lines(self.name, path):
+            try:
+                out.setdefault(row["lang"], []).append(
+                    (int(row["exemplar_id"]), Exemplar(row["q"], row["a"], int(row["number_answer"]))))
+            except (KeyError, TypeError, ValueError):
+                raise BenchmarkDataError(f"{self.name}: {path} line {number}: expected {{lang, exemplar_id, q, a, "
+                                         "number_answer}") from None
         return {lang: [e for _, e in sorted(items, key=lambda item: item[0])] for lang, items in out.items()}
 
     def _problems(self, lang: str) -> list[tuple[str, str]]:
