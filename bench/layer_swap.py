@@ -58,7 +58,7 @@ def make_experts(model_dir: Path, root: Path) -> dict[str, Path]:
     model.save_pretrained(root / "language")
     for folder in ("math", "language"):
         for item in model_dir.iterdir():  # tokenizer files, as a real expert folder has them
-            if item.is_file() and not item.name.endswith((".safetensors", ".json.index")) and not (root / folder / item.name).exists():
+            if item.is_file() and not item.name.endswith((".safetensors", ".safetensors.index.json")) and not (root / folder / item.name).exists():
                 (root / folder / item.name).write_bytes(item.read_bytes())
     return {"math": root / "math", "language": root / "language", "base": root / "math"}
 

@@ -18,6 +18,7 @@ this needs ``flock`` support (NFSv4, Lustre mounted with ``flock``, GPFS, BeeGFS
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
@@ -229,3 +230,9 @@ def lock_held(path: str | os.PathLike) -> bool | None:
     finally:
         os.close(fd)  # also releases the lock if we took it
     return False
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes, read in chunks."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()

@@ -17,6 +17,7 @@ vocabulary), whose tensor names, shapes or dtypes differ, a selection outside th
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,7 +131,7 @@ def layer_swap(math_expert: str | Path, language_expert: str | Path, out_dir: st
     size = 0
     for name in indexes["math"]:  # plan the shards: consecutive tensors up to shard_bytes each
         _, shape, dtype = indexes["math"][name]
-        nbytes = _numel(shape) * _dtype_bytes(dtype)
+        nbytes = _nbytes(shape, dtype)
         if shard_names[-1] and size + nbytes > shard_bytes:
             shard_names.append([])
             size = 0
@@ -149,7 +150,7 @@ def layer_swap(math_expert: str | Path, language_expert: str | Path, out_dir: st
             del shard
         if len(files) > 1:
             weight_map = {name: file_name for file_name, names in zip(files, shard_names) for name in names}
-            total = sum(_numel(s) * _dtype_bytes(d) for _, s, d in indexes["math"].values())
+            total = sum(_nbytes(s, d) for _, s, d in indexes["math"].values())
             (tmp / f"model{_INDEX_SUFFIX}").write_text(json.dumps(
                 {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=1))
         for item in folders["math"].iterdir():  # config, generation config, tokenizer: the math expert's
@@ -164,14 +165,10 @@ def layer_swap(math_expert: str | Path, language_expert: str | Path, out_dir: st
     return MergeReport(out_dir=out_dir, language_layers=sorted(layers), tensors_from=counts, shards=len(files))
 
 
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
+#: Bytes per element of each safetensors dtype name.
+_DTYPE_BYTES = {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2, "I16": 2, "U16": 2,
+                "I8": 1, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
 
 
-def _dtype_bytes(dtype: str) -> int:
-    """Bytes per element of a safetensors dtype name (F32, BF16, F16, I64, ...)."""
-    digits = "".join(c for c in dtype if c.isdigit())
-    return max(1, int(digits) // 8) if digits else 1
+def _nbytes(shape: tuple[int, ...], dtype: str) -> int:
+    return math.prod(shape) * _DTYPE_BYTES[dtype]

@@ -13,7 +13,6 @@ result only once the new one is complete; a failed rerun leaves the old result i
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
@@ -28,7 +27,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from xlt_runner.identity import run_id as compute_run_id
-from xlt_runner.fileio import write_json_atomic, write_text_atomic
+from xlt_runner.fileio import file_sha256, write_json_atomic, write_text_atomic
 from xlt_runner.results.record import RESULTS_FILE, RunRecord, environment_info, read_record, write_per_language_csv
 
 log = logging.getLogger("xlt_runner")
@@ -247,8 +246,7 @@ def _execute(cfg: DictConfig, run_dir: Path, record: RunRecord, t0: float, guard
     if cfg.method.init_from:
         init_path = resolve_init_from(cfg.method.init_from)
         method.load_trainable(str(init_path))
-        with open(init_path, "rb") as f:
-            record.init_from = {"path": str(init_path.resolve()), "sha256": hashlib.file_digest(f, "sha256").hexdigest()}
+        record.init_from = {"path": str(init_path.resolve()), "sha256": file_sha256(init_path)}
     record.params = method.parameter_counts()
     record.outputs = {}
     if process_rank() == 0:

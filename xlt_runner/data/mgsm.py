@@ -24,14 +24,16 @@ import csv
 import hashlib
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Optional
 
 from xlt_runner.config import ConfigError, GenerationBenchmarkConfig
 from xlt_runner.data import BENCHMARKS, BenchmarkDataError, GenerationExample
 from xlt_runner.data.languages import LanguageTable
-from xlt_runner.data.qa import _hub_dataset, _json_lines, _local_root
-from xlt_runner.data.tsv_benchmark import _file_sha256, _split_name
-from xlt_runner.metrics.math_answers import ANSWER_PHRASES, parse_number
+from xlt_runner.data.qa import _hub_dataset, _json_lines, _local_root, language_table_from_sib200
+from xlt_runner.data.tsv_benchmark import _split_name
+from xlt_runner.fileio import file_sha256
+from xlt_runner.metrics.math_answers import answer_phrases, parse_number
 
 #: MGSM's codes: (name, script, the SIB-200 code whose family, region and Joshi class it takes).
 MGSM_LANGUAGES = {
@@ -79,11 +81,21 @@ def _answer_sentence(exemplar: Exemplar, lang: str) -> str:
     """The exemplar's closing answer sentence as it words it (en ``The answer is 11.``): from the
     last answer phrase of ``lang`` to the end; the bare number if it has none."""
     lowered = exemplar.answer.lower()
-    for phrase in (*ANSWER_PHRASES.get(lang, ()), *ANSWER_PHRASES["en"]):
+    for phrase in answer_phrases(lang):
         at = lowered.rfind(phrase)
         if at >= 0:
             return exemplar.answer[at:].strip()
     return str(exemplar.number)
+
+
+def _check_shots(shots: int) -> None:
+    if not 0 <= shots <= MAX_SHOTS:
+        raise ConfigError(f"benchmark.shots={shots}: MGSM has {MAX_SHOTS} exemplars per language (0-{MAX_SHOTS})")
+
+
+@lru_cache(maxsize=None)
+def _mgsm_table() -> LanguageTable:
+    return language_table_from_sib200(MGSM_LANGUAGES)
 
 
 @dataclass
@@ -102,8 +114,7 @@ class Mgsm:
     numbers, the same problem in every language."""
 
     def __init__(self, cfg: MgsmConfig, cache_dir: str):
-        if not 0 <= cfg.shots <= MAX_SHOTS:
-            raise ConfigError(f"benchmark.shots={cfg.shots}: MGSM has {MAX_SHOTS} exemplars per language (0-{MAX_SHOTS})")
+        _check_shots(cfg.shots)
         self.name, self.task = cfg.name, cfg.task
         self.shots, self.chain_of_thought = cfg.shots, cfg.chain_of_thought
         self.hub_id, self.hub_revision = cfg.hub_id, cfg.hub_revision
@@ -119,9 +130,7 @@ class Mgsm:
     def check_config(cfg) -> None:
         """Before any model loads: the shot count, and no training on MGSM (it has only a test split)."""
         from xlt_runner.methods import method_class
-        if not 0 <= cfg.benchmark.shots <= MAX_SHOTS:
-            raise ConfigError(f"benchmark.shots={cfg.benchmark.shots}: MGSM has {MAX_SHOTS} exemplars per language "
-                              f"(0-{MAX_SHOTS})")
+        _check_shots(cfg.benchmark.shots)
         if method_class(cfg.method.family, "generation").trains and "fit" in cfg.regime.stages:
             raise ConfigError(f"method={cfg.method.name} trains, but MGSM has only a test split (its {MGSM_QUESTIONS} "
                               "problems): evaluate with method=prompting (method.init_from=<weights> for a tuned "
@@ -129,12 +138,7 @@ class Mgsm:
 
     @staticmethod
     def language_table() -> LanguageTable:
-        from xlt_runner.data.languages import Language
-        sib = LanguageTable.default()
-        return LanguageTable([Language(code=code, name=name, script=script, family=sib[ref].family,
-                                       region=sib[ref].region, joshi_class=sib[ref].joshi_class,
-                                       xlmr_seen=sib[ref].xlmr_seen, sib200_xlmr_large_acc=None)
-                              for code, (name, script, ref) in MGSM_LANGUAGES.items()])
+        return _mgsm_table()
 
     def languages(self) -> list[str]:
         if self.root is None:
@@ -148,7 +152,7 @@ class Mgsm:
             digest.update(f"{self.hub_id}@{self.hub_revision}".encode())
         else:
             for path in sorted(self.root.glob("mgsm_*")):
-                digest.update(f"{path.name}\t{_file_sha256(path)}\n".encode())
+                digest.update(f"{path.name}\t{file_sha256(path)}\n".encode())
         return digest.hexdigest()
 
     def load(self, lang: str, split: str) -> list[GenerationExample]:

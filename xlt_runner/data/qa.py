@@ -26,7 +26,8 @@ from typing import Any, Iterator, Optional
 from xlt_runner.config import ConfigError, GenerationBenchmarkConfig
 from xlt_runner.data import BENCHMARKS, BenchmarkDataError, GenerationExample
 from xlt_runner.data.languages import Language, LanguageTable
-from xlt_runner.data.tsv_benchmark import _file_sha256, _not_utf8_error, _split_name
+from xlt_runner.data.tsv_benchmark import _not_utf8_error, _split_name
+from xlt_runner.fileio import file_sha256
 
 # ---------------------------------------------------------------------------- languages
 # code -> (name, script, the SIB-200 code whose family, region, Joshi class and XLM-R flag it takes)
@@ -50,17 +51,21 @@ MINTAKA_LANGUAGES = {code: MKQA_LANGUAGES[code] for code in ("ar", "de", "en", "
 MINTAKA_LANGUAGES["hi"] = ("Hindi", "Deva", "hin_Deva")
 
 
-@lru_cache(maxsize=None)
-def _language_table(benchmark: str) -> LanguageTable:
-    """The table of a QA benchmark's two-letter codes. Metadata other than name and script come
-    from the matching SIB-200 row, so the named sets ``all``, ``joshi5`` and ``seen`` work; the
-    SIB-200 accuracy is left out (it is not about these benchmarks)."""
+def language_table_from_sib200(codes: dict[str, tuple[str, str, str]]) -> LanguageTable:
+    """The table of a benchmark's own codes (code -> name, script, SIB-200 code). Metadata other
+    than name and script come from the matching SIB-200 row, so the named sets ``all``, ``joshi5``
+    and ``seen`` work; the SIB-200 accuracy is left out (it is not about these benchmarks)."""
     sib = LanguageTable.default()
-    codes = MKQA_LANGUAGES if benchmark == "mkqa_cbqa" else MINTAKA_LANGUAGES
     return LanguageTable([
         Language(code=code, name=name, script=script, family=sib[ref].family, region=sib[ref].region,
                  joshi_class=sib[ref].joshi_class, xlmr_seen=sib[ref].xlmr_seen, sib200_xlmr_large_acc=None)
         for code, (name, script, ref) in codes.items()])
+
+
+@lru_cache(maxsize=None)
+def _language_table(benchmark: str) -> LanguageTable:
+    """The table of a QA benchmark's two-letter codes (:func:`language_table_from_sib200`)."""
+    return language_table_from_sib200(MKQA_LANGUAGES if benchmark == "mkqa_cbqa" else MINTAKA_LANGUAGES)
 
 
 # ------------------------------------------------------------------------------ splits
@@ -380,7 +385,7 @@ class MkqaCbqa(_ParallelQA):
         ``datasets`` fingerprint of its train split (changes when the Hub data change)."""
         if self._files:
             for path in self._files:
-                digest.update(f"{path.name}\t{_file_sha256(path)}\n".encode())
+                digest.update(f"{path.name}\t{file_sha256(path)}\n".encode())
         else:
             dataset = _hub_dataset(self.name, self.hub_id, None, "train", self.hub_revision,
                                    f"benchmark.data_dir={MKQA_LOCAL_EXAMPLE}")
@@ -632,7 +637,7 @@ class Mintaka(_ParallelQA):
         fingerprints of the English config's three splits."""
         if self._files:
             for path in self._files:
-                digest.update(f"{path.name}\t{_file_sha256(path)}\n".encode())
+                digest.update(f"{path.name}\t{file_sha256(path)}\n".encode())
         else:
             self._questions(self._reference_language())
             digest.update(f"{self.hub_id}\n{self.hub_revision}\n{self._hub_fingerprints}\n".encode())

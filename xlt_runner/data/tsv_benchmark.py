@@ -19,6 +19,7 @@ from typing import Iterator
 
 from xlt_runner.config import BenchmarkConfig, ConfigError
 from xlt_runner.data import BENCHMARKS, BenchmarkDataError, Example
+from xlt_runner.fileio import file_sha256
 
 SPLITS = ("train", "dev", "test")
 SPLIT_ALIASES = {"validation": "dev"}  # Hub split name -> file split name
@@ -40,11 +41,6 @@ def _csv_field_size_limit(limit: int) -> Iterator[None]:
         yield
     finally:
         csv.field_size_limit(previous)
-
-
-def _file_sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _not_utf8_error(name: str, path: Path) -> BenchmarkDataError:
@@ -137,7 +133,7 @@ class TsvClassificationBenchmark:
                 for file_name in DATA_FILES:
                     path = self.root / lang / file_name
                     if path.is_file():
-                        digest.update(f"{lang}/{file_name}\t{_file_sha256(path)}\n".encode())
+                        digest.update(f"{lang}/{file_name}\t{file_sha256(path)}\n".encode())
             self._fingerprint = digest.hexdigest()
         return self._fingerprint
 

@@ -8,7 +8,7 @@ answer tokens); the language-model head runs only at the positions that predict 
 Validation is the teacher-forced loss per source language (``val/loss``: the macro mean, the
 CoCo-CoLa protocol's checkpoint criterion). Testing generates greedily in length-sorted batches
 with per-row early exit (:func:`xlt_runner.generation.generate_greedy`), scores each answer
-(:func:`xlt_runner.metrics.generation.score_prediction`) and keeps one prediction row per
+with the task kind's scoring (QA answers or math numbers: ``task.scoring``) and keeps one prediction row per
 question in ``test_predictions``.
 
 ``method.init_from`` takes a previous decoder run's ``method_weights.safetensors`` (e.g. the

@@ -56,6 +56,12 @@ def _value(found: re.Match) -> Decimal:
     return Decimal(number).normalize() + 0  # + 0: -0 is 0
 
 
+def answer_phrases(lang: str | None) -> tuple[str, ...]:
+    """The phrases that introduce a final answer in ``lang``, in the order they are tried: the
+    language's own, then English's (models often switch to it)."""
+    return (*ANSWER_PHRASES.get(lang or "", ()), *ANSWER_PHRASES["en"])
+
+
 def parse_number(text: str) -> Decimal | None:
     """A gold answer (``"2,125"``, ``"18"``, ``"-3.5"``) as a number; None if it is not one."""
     found = _NUMBER.fullmatch(_ascii_digits(text.strip()).rstrip("."))
@@ -68,7 +74,7 @@ def extract_answer(generation: str, lang: str | None = None) -> Decimal | None:
     number in the text; None when there is none."""
     text = _ascii_digits(generation)
     lowered = text.lower()
-    for phrase in (*ANSWER_PHRASES.get(lang or "", ()), *ANSWER_PHRASES["en"], GSM8K_MARKER):
+    for phrase in (*answer_phrases(lang), GSM8K_MARKER):
         at = lowered.rfind(phrase)
         if at >= 0:
             found = _NUMBER.search(text, at + len(phrase))
