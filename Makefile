@@ -38,6 +38,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/generation_throughput.py --threads 1
 	$(BIN)/python bench/partial_layers.py
 	$(BIN)/python bench/layer_swap.py
+	$(BIN)/python bench/partition_sft.py
 
 # Refresh constraints.txt from the current environment (after changing dependencies).
 lock:

@@ -11,9 +11,11 @@ format, fp32) greedily with ``--max-new-tokens`` (32) three ways:
   ``--batch-size`` (32) in file order; a batch stops when every row has hit end-of-turn,
   there is no stop-string handling.
 * **(c) xlt_runner**: what the generation data module and :func:`xlt_runner.generation.generate_greedy`
-  do: batches sorted by prompt length across all languages (``SortedEvalSampler``), left
-  padding (``PromptCollator``), per-sequence stopping (end-of-turn, or the first stop string
-  after non-blank text), finished rows dropped from the batch and the KV cache.
+  do: batches of one language each, sorted by prompt length within it, widest batch first
+  (``GroupedEvalSampler``), left padding (``PromptCollator``), the prompt start a batch's rows
+  share (chat: the system turn; MGSM: the language's exemplars) prefilled once, per-sequence
+  stopping (end-of-turn, or the first stop string after non-blank text), finished rows dropped
+  from the batch and the KV cache.
 
 Every side's text is cut with the same rule (:func:`xlt_runner.generation.cut_at_stop`) and
 the predictions are compared: mismatches must be 0 in fp32. Tokenisation is excluded from the
@@ -23,7 +25,8 @@ decode row-steps (one row advancing one token).
 
 Run: ``.venv/bin/python bench/generation_throughput.py [--limit N] [--repeats R] [--threads T]``
 (``--limit`` answers only the first N questions, for a smoke run; ``--repeats`` times (b) and (c)
-R times in alternating order and compares medians, against other load on the machine).
+R times in alternating order and compares medians, against other load on the machine;
+``--skip-one-at-a-time`` leaves out (a), the slow side, to compare (b) and (c) only).
 """
 from __future__ import annotations
 
@@ -58,6 +61,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads (every side)")
     p.add_argument("--repeats", type=int, default=1,
                    help="rounds of (b) and (c), in alternating order (b c, c b, ...); (a) runs once, after round 1")
+    p.add_argument("--skip-one-at-a-time", action="store_true",
+                   help="leave out (a): compare (b) and (c) only (no c/a figure)")
     return p.parse_args()
 
 
@@ -76,7 +81,7 @@ def read_questions(data_dir: Path, languages: list[str], total: int) -> list[dic
     for lang in languages[1:]:
         if [r["id"].rsplit("_", 1)[0] for r in rows[lang]] != base:
             raise SystemExit(f"error: mkqa-{lang}.jsonl is not aligned with mkqa-{languages[0]}.jsonl")
-    return [row for lang in languages for row in rows[lang]]
+    return [{**row, "lang": lang} for lang in languages for row in rows[lang]]
 
 
 def read_mgsm(data_dir: Path, languages: list[str], total: int) -> list[dict]:
@@ -84,7 +89,8 @@ def read_mgsm(data_dir: Path, languages: list[str], total: int) -> list[dict]:
     from xlt_runner.data.mgsm import Mgsm, MgsmConfig
     bench = Mgsm(MgsmConfig(name="mgsm", data_dir=str(data_dir)), "/tmp")
     per_language = total // len(languages)
-    return [{"question": example.prompt} for lang in languages for example in bench.load(lang, "test")[:per_language]]
+    return [{"question": example.prompt, "lang": lang}
+            for lang in languages for example in bench.load(lang, "test")[:per_language]]
 
 
 class WorkCounter:
@@ -131,7 +137,7 @@ def main() -> None:
     import transformers
 
     from xlt_runner.composition import compose
-    from xlt_runner.data.batching import SortedEvalSampler
+    from xlt_runner.data.batching import GroupedEvalSampler
     from xlt_runner.data.generation import PromptCollator, PromptFormat
     from xlt_runner.generation import cut_at_stop, generate_greedy
     from xlt_runner.models import load_backbone
@@ -177,7 +183,8 @@ def main() -> None:
 
     def xlt_runner_path() -> list[str]:
         texts: list[str] = [""] * len(prompts)
-        for indices in SortedEvalSampler([len(p) for p in prompts], args.batch_size):
+        languages_of = [languages.index(row["lang"]) for row in rows]  # one language a batch, as in the runner
+        for indices in GroupedEvalSampler([len(p) for p in prompts], languages_of, args.batch_size):
             batch = batch_of(indices)
             outputs = generate_greedy(model, tokenizer, batch["input_ids"], batch["attention_mask"],
                                       max_new_tokens=args.max_new_tokens, stop_strings=stop_strings,
@@ -194,45 +201,59 @@ def main() -> None:
         warm = batch_of([0])
         model(input_ids=warm["input_ids"], attention_mask=warm["attention_mask"])  # untimed: first-call costs
     sides = {"a_one_at_a_time": one_at_a_time, "b_plain_batched": plain_batched, "c_xlt_runner": xlt_runner_path}
+    if args.skip_one_at_a_time:
+        del sides["a_one_at_a_time"]
     runs: dict[str, list[dict]] = {name: [] for name in sides}
     texts: dict[str, list[str]] = {}
     for r in range(args.repeats):
-        order = ["b_plain_batched", "c_xlt_runner"][::1 if r % 2 == 0 else -1] + (["a_one_at_a_time"] if r == 0 else [])
+        order = ["b_plain_batched", "c_xlt_runner"][::1 if r % 2 == 0 else -1] + (["a_one_at_a_time"] if r == 0 and
+                                                                                  "a_one_at_a_time" in sides else [])
         for name in order:
             counter.reset()
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             with torch.inference_mode():
                 answers = sides[name]()
-            seconds = time.perf_counter() - start
+            seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
             if texts.setdefault(name, answers) != answers:
                 raise SystemExit(f"error: {name} gave other answers in round {r + 1} than in round 1")
-            runs[name].append({"seconds": seconds, "questions_per_s": len(prompts) / seconds, **counter.snapshot()})
-            print(f"  round {r + 1} {name:16s}: {seconds:7.2f} s  {len(prompts) / seconds:6.2f} questions/s  "
+            runs[name].append({"seconds": seconds, "cpu_seconds": cpu_seconds, "questions_per_s": len(prompts) / seconds,
+                               **counter.snapshot()})
+            print(f"  round {r + 1} {name:16s}: {seconds:7.2f} s ({cpu_seconds:7.2f} CPU s)  "
+                  f"{len(prompts) / seconds:6.2f} questions/s  "
                   + "  ".join(f"{k} {v:,}" for k, v in counter.snapshot().items()), flush=True)
 
     mismatches = {other: sum(x != y for x, y in zip(texts[other], texts["c_xlt_runner"]))
-                  for other in ("a_one_at_a_time", "b_plain_batched")}
+                  for other in ("a_one_at_a_time", "b_plain_batched") if other in texts}
     for other, count in mismatches.items():
         print(f"mismatches {other} vs c_xlt_runner (cut at the stop rule): {count} of {len(prompts)}")
-    for i in [i for i, (x, y) in enumerate(zip(texts["a_one_at_a_time"], texts["c_xlt_runner"])) if x != y][:5]:
-        print(f"  question {i}: a={texts['a_one_at_a_time'][i]!r} c={texts['c_xlt_runner'][i]!r}")
+    reference = "a_one_at_a_time" if "a_one_at_a_time" in texts else "b_plain_batched"
+    for i in [i for i, (x, y) in enumerate(zip(texts[reference], texts["c_xlt_runner"])) if x != y][:5]:
+        print(f"  question {i}: {reference[0]}={texts[reference][i]!r} c={texts['c_xlt_runner'][i]!r}")
     seconds = {name: statistics.median(run["seconds"] for run in runs[name]) for name in sides}
-    c_over_a = seconds["a_one_at_a_time"] / seconds["c_xlt_runner"]
+    c_over_a = seconds["a_one_at_a_time"] / seconds["c_xlt_runner"] if "a_one_at_a_time" in seconds else None
     c_over_b = seconds["b_plain_batched"] / seconds["c_xlt_runner"]
+    # CPU time: with --threads 1, what each side computed, less distorted than wall time when other
+    # processes share the cores
+    cpu = {name: statistics.median(run["cpu_seconds"] for run in runs[name]) for name in sides}
+    cpu_c_over_a = cpu["a_one_at_a_time"] / cpu["c_xlt_runner"] if "a_one_at_a_time" in cpu else None
+    cpu_c_over_b = cpu["b_plain_batched"] / cpu["c_xlt_runner"]
     empty = sum(not t for t in texts["c_xlt_runner"])
     for name in sides:
-        print(f"{name:16s}: median {seconds[name]:.2f} s over {len(runs[name])} run(s), "
+        print(f"{name:16s}: median {seconds[name]:.2f} s ({cpu[name]:.2f} CPU s) over {len(runs[name])} run(s), "
               f"{len(prompts) / seconds[name]:.2f} questions/s")
-    print(f"speed-up c/a: {c_over_a:.1f}x (goal >= 10x); c/b: {c_over_b:.2f}x (goal >= 1.3x); "
+    print(f"speed-up c/a: {f'{c_over_a:.1f}x' if c_over_a is not None else 'not measured'} (goal >= 10x); "
+          f"c/b: {c_over_b:.2f}x (goal >= 1.3x); per CPU second: c/a "
+          f"{f'{cpu_c_over_a:.1f}x' if cpu_c_over_a is not None else 'not measured'}, c/b {cpu_c_over_b:.2f}x; "
           f"empty answers: {empty}; first answers: {texts['c_xlt_runner'][:3]}")
     path = write_results("generation_throughput" + ("_mgsm" if mgsm else ""), {
         "what": f"greedy {args.benchmark} generation: one at a time vs plain batched generate vs xlt_runner "
-                "(sorted + per-row stop)",
+                "(batches of one language sorted by length, shared prompt start prefilled once, per-row stop)",
         "model": backbone.source, "format": cfg.model.format, "dtype": cfg.model.dtype, "languages": languages,
         "questions": len(prompts), "batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens,
         "stop_strings": stop_strings, "eos_token_ids": eos, "tokenisation_in_timing": False, "repeats": args.repeats,
-        "runs": runs, "median_seconds": seconds,
-        "speedup_c_over_a": c_over_a, "speedup_c_over_b": c_over_b, "mismatches_vs_c": mismatches,
+        "runs": runs, "median_seconds": seconds, "median_cpu_seconds": cpu,
+        "speedup_c_over_a": c_over_a, "speedup_c_over_b": c_over_b,
+        "cpu_speedup_c_over_a": cpu_c_over_a, "cpu_speedup_c_over_b": cpu_c_over_b, "mismatches_vs_c": mismatches,
         "empty_answers_c": empty, "environment": environment(),
     })
     print(f"wrote {path}")

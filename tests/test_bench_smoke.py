@@ -62,3 +62,19 @@ def test_layer_swap_bench_smoke(tmp_path):
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     report = json.loads(out.read_text())
     assert report["identical_tensors"] is True and report["results"]["streamed"]["peak_rss_mb"] > 0
+
+
+def test_partition_sft_bench_smoke(tmp_path, shared_cache):
+    """``bench/partition_sft.py --smoke``: full SFT, partition SFT in Lightning and the same partition
+    updates in a bare loop, on tiny_llama; the last two do the same arithmetic, so their losses agree."""
+    out = tmp_path / "partition_sft.json"
+    result = subprocess.run([sys.executable, "bench/partition_sft.py", "--smoke", "--cache-dir", str(shared_cache),
+                             "--output", str(out)], cwd=REPO, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    runs = report["runs"]
+    assert runs["partition"]["losses"] == runs["bare"]["losses"]
+    assert runs["full"]["losses"][0] == runs["partition"]["losses"][0]
+    assert set(report["ratios"]) == {"partition_vs_full", "partition_vs_bare", "cpu_partition_vs_full",
+                                     "cpu_partition_vs_bare"}

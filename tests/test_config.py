@@ -1,7 +1,6 @@
 """Config composition and start-up validation: every mistake fails before anything loads."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 
@@ -9,6 +8,7 @@ from xlt_runner.validation import validate
 from xlt_runner import config
 from xlt_runner.cli import CONF_DIR, compose, job_overrides
 from xlt_runner.identity import run_id
+from xlt_runner.methods import method_class
 
 from conftest import run_cli
 
@@ -20,7 +20,6 @@ GENERATION_CONTEXT = {"model": "tiny_llama", "method": "prompting", "benchmark":
 
 
 def _is_generation(cfg) -> bool:
-    from xlt_runner.methods import method_class
     generation_only = "classification" not in method_class(cfg.method.family, "generation").supported_tasks
     return (cfg.model.kind == "decoder" or cfg.benchmark.task in ("generation", "math") or generation_only
             or cfg.languages.source[0] == "en")  # the QA benchmarks' codes (SIB-200's are eng_Latn ...)
@@ -42,12 +41,22 @@ def test_every_group_option_composes_and_validates(group, option):
         overrides.append("model=llama32_1b")  # a preset of the paper's layers per model, which tiny_llama lacks
     if (group, option) == ("languages", "coco_paper"):
         overrides.append("benchmark=mintaka")  # Hindi is not in MKQA
+    if (group, option) == ("languages", "partition_transfer"):
+        overrides.append("benchmark=mgsm")  # Swahili is not in MKQA
+    if group == "method" and getattr(method_class(cfg.method.family, "generation"), "requires_train_data", False):
+        modes = method_class(cfg.method.family, "generation").train_data_modes
+        overrides += ["train_data=gsm8k_mkqa", f"train_data.mode={modes[0]}", "languages.targets=[en,ja]",
+                      "languages.source=[en,ja]" if modes[0] == "alternate" else "languages.source=[en]"]
     validate(compose(overrides))
+
+
+#: What an experiment preset leaves to the command line (a ``???`` value: data only the user has).
+EXPERIMENT_REQUIRED = {"partition_table1": ["train_data.language.path=instructions.jsonl"]}
 
 
 @pytest.mark.parametrize("experiment", sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml")))
 def test_every_experiment_preset_composes(experiment):
-    validate(compose([f"experiment={experiment}"]))
+    validate(compose([f"experiment={experiment}", *EXPERIMENT_REQUIRED.get(experiment, [])]))
 
 
 def test_method_schema_is_typed_and_specific():

@@ -12,7 +12,7 @@ import pytest
 
 from xlt_runner.config import ConfigError, ModelConfig
 from xlt_runner.data import GenerationExample
-from xlt_runner.data.batching import TRAINING_BATCHES_KEY
+from xlt_runner.data.batching import TRAINING_BATCHES_KEY, GroupedEvalSampler, SortedEvalSampler
 from xlt_runner.data.generation import (IGNORE_INDEX, GenerationDataModule, PromptFormat, check_prompt_config,
                                         subsample_by_id)
 from xlt_runner.models.tiny import build_tiny_tokenizer
@@ -210,13 +210,13 @@ def test_validation_is_teacher_forced_per_source_language(tokenizer, tmp_path):
     assert all((b["labels"] != IGNORE_INDEX).any(dim=1).all() for b in batches)
 
 
-def test_test_batches_are_left_padded_prompts_sorted_across_languages(tokenizer, tmp_path):
+def test_test_batches_are_left_padded_prompts_of_one_language_sorted_by_length(tokenizer, tmp_path):
     dm = make_dm(tokenizer, tmp_path)
     dm.setup("test")
     assert [(ex.lang, ex.id) for ex in dm.eval_examples] == [(lang, f"test-{i}") for lang in ("fr", "en")
                                                               for i in range(12)]
     batches = list(dm.test_dataloader())
-    lengths = []
+    lengths: dict[str, list[int]] = {}
     for batch in batches:
         assert set(batch) == {"input_ids", "attention_mask", "index", "lang"}
         for row, index in enumerate(batch["index"].tolist()):
@@ -224,14 +224,71 @@ def test_test_batches_are_left_padded_prompts_sorted_across_languages(tokenizer,
             assert batch["attention_mask"][row, -1] == 1, "generation batches are padded on the left"
             assert real_ids(batch, row) == dm.prompt_format.prompt_ids(example.prompt)
             assert dm.eval_languages[int(batch["lang"][row])] == example.lang
-            lengths.append(int(batch["attention_mask"][row].sum()))
-    assert lengths == sorted(lengths, reverse=True), "one pass, sorted by length across all target languages"
-    assert any(len(set(b["lang"].tolist())) > 1 for b in batches)
+            lengths.setdefault(example.lang, []).append(int(batch["attention_mask"][row].sum()))
+    assert all(len(set(b["lang"].tolist())) == 1 for b in batches), "a batch never mixes languages"
+    assert set(lengths) == {"fr", "en"}
+    for lang, seen in lengths.items():
+        assert seen == sorted(seen, reverse=True), f"{lang}: sorted by length, longest first, within the language"
+    widths = [b["input_ids"].shape[1] for b in batches]
+    assert widths == sorted(widths, reverse=True), "the widest batch first"
+    assert sorted(i for b in batches for i in b["index"].tolist()) == list(range(24))
     shards = []
     for rank in (0, 1):
         dm.trainer = SimpleNamespace(global_rank=rank, world_size=2)
-        shards.append([i for b in dm.test_dataloader() for i in b["index"].tolist()])
+        rank_batches = list(dm.test_dataloader())
+        assert [b["index"].tolist() for b in rank_batches] == [b["index"].tolist() for b in batches[rank::2]]
+        shards.append([i for b in rank_batches for i in b["index"].tolist()])
     assert sorted(shards[0] + shards[1]) == list(range(24)) and not set(shards[0]) & set(shards[1])
+    assert [b["index"].tolist() for b in dm.predict_dataloader()] == [b["index"].tolist() for b in batches[1::2]]
+
+
+def test_test_batches_of_few_shot_prompts_share_each_languages_prefix(tokenizer, tmp_path):
+    """Prompts of one language start with the same exemplars (as MGSM's do), and a batch's rows
+    must share them for generation to prefill them once: batches never mix languages, even when
+    sorting by length alone would interleave them (fr prompts are shorter and longer than en ones)."""
+
+    class FewShotQA(SyntheticQA):
+        def load(self, lang, split):
+            shots = {"en": "Q: one plus one A: two Q: two plus two A: four", "fr": "Q: un et un R: deux"}[lang]
+            words = {"en": lambda i: 2, "fr": lambda i: 1 + 2 * (i % 7)}[lang]  # fr: short to long questions
+            return [replace(ex, prompt=f"{shots} Q: {' '.join(['Europa'] * words(i))} {i}?")
+                    for i, ex in enumerate(super().load(lang, split))]
+
+    dm = make_dm(tokenizer, tmp_path, benchmark=FewShotQA(sizes=(40, 10, 30)), eval_batch_size=4,
+                 max_length=160)
+    dm.setup("test")
+    lengths = dm._datasets["test"].lengths()
+    assert any(len({int(x) >= 30 for x in b}) > 1 for b in SortedEvalSampler(lengths, 4)), \
+        "the languages' lengths interleave, so sorting by length alone would mix them"
+    for world_size in (1, 2, 3):
+        seen = []
+        for rank in range(world_size):
+            dm.trainer = SimpleNamespace(global_rank=rank, world_size=world_size)
+            for batch in dm.test_dataloader():
+                rows = [real_ids(batch, r) for r in range(len(batch["index"]))]
+                shared = min(len(r) for r in rows)
+                while any(r[:shared] != rows[0][:shared] for r in rows):
+                    shared -= 1
+                assert len(set(batch["lang"].tolist())) == 1, "a test batch mixes languages"
+                assert shared > len(tokenizer("Q: un et un R: deux")["input_ids"]), \
+                    "a batch's rows share their language's exemplars"
+                seen += batch["index"].tolist()
+        assert sorted(seen) == list(range(60)), "every example exactly once over the ranks"
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3])
+def test_grouped_eval_sampler_never_mixes_groups_and_covers_every_example_once(world_size):
+    rng = np.random.default_rng(3)
+    lengths, groups = rng.integers(1, 90, size=103), rng.integers(0, 4, size=103)
+    everything = list(GroupedEvalSampler(lengths, groups, 10))
+    assert everything == list(GroupedEvalSampler(lengths, groups, 10)), "deterministic"
+    assert all(len(set(groups[b])) == 1 for b in everything)
+    assert all(list(lengths[b]) == sorted(lengths[b], reverse=True) for b in everything)
+    assert [max(lengths[b]) for b in everything] == sorted((max(lengths[b]) for b in everything), reverse=True)
+    assert max(lengths[everything[0]]) == max(lengths), "the longest example comes in the first batch"
+    shards = [list(GroupedEvalSampler(lengths, groups, 10, r, world_size)) for r in range(world_size)]
+    assert [shard for shard in shards] == [everything[r::world_size] for r in range(world_size)]
+    assert sorted(i for shard in shards for b in shard for i in b) == list(range(103))
 
 
 def test_capped_evaluation_takes_the_same_seeded_questions_in_every_language(tokenizer, tmp_path):

@@ -101,3 +101,44 @@ def test_finished_rows_stop_costing_compute_and_the_shared_prefix_runs_once(tiny
     assert all(width == 1 for _, width in decode_calls)
     assert sum(steps) == sum(o.num_new_tokens - 1 for o in outputs), "a finished row costs no further step"
     assert len(steps) == max(o.num_new_tokens for o in outputs) - 1
+
+
+def test_a_long_shared_few_shot_prefix_of_rows_of_different_lengths_runs_once_with_generate_s_outputs(tiny):
+    """Few-shot prompts of one language (as a test batch holds them): rows of different lengths,
+    left-padded, so their shared exemplars sit at a different offset in every row. The exemplars
+    must be prefilled once, and the answers must equal ``model.generate``'s on the same padded
+    batch and one prompt at a time (fp32)."""
+    model, tokenizer, _ = tiny
+    prompt_format = PromptFormat(ModelConfig(name="tiny_llama", kind="decoder", tiny="llama"), tokenizer,
+                                 training=False)
+    shots = "France: Paris. Japan: Tokyo. Chile: Santiago."
+    questions = ["France", "Deutschland und Frankreich sind Nachbarn", "日本", "Россия и Китай", "a b c d e f g h",
+                 "Brasil"]
+    prompts = [prompt_format.prompt_ids(f"{shots} {q}:") for q in questions]
+    shared = 0
+    while all(p[shared] == prompts[0][shared] for p in prompts):
+        shared += 1
+    assert shared >= 40 and len({len(p) for p in prompts}) >= 4, "a long prefix shared by rows of varied lengths"
+    eos = [tokenizer.eos_token_id, 755]
+    calls: list[tuple[int, int]] = []
+    handle = model.register_forward_pre_hook(lambda m, a, kw: calls.append(tuple(kw["input_ids"].shape)),
+                                             with_kwargs=True)
+    try:
+        outputs = batched(model, tokenizer, prompts, eos, [])
+    finally:
+        handle.remove()
+    assert calls[0] == (1, shared), "the exemplars every row starts with are prefilled once, as one row"
+    assert calls[1] == (len(prompts), max(map(len, prompts)) - shared), "then only the rows' own suffixes"
+
+    batch = PromptCollator(tokenizer.pad_token_id)([(np.asarray(p), len(p), 0, i) for i, p in enumerate(prompts)])
+    assert len(set(batch["attention_mask"].sum(-1).tolist())) > 1 and (batch["attention_mask"][:, 0] == 0).any()
+    out = model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], do_sample=False,
+                         max_new_tokens=MAX_NEW_TOKENS, eos_token_id=eos, pad_token_id=tokenizer.pad_token_id)
+    padded_reference = []
+    for new in out[:, batch["input_ids"].shape[1]:].tolist():
+        end = min([new.index(t) for t in eos if t in new], default=len(new))
+        padded_reference.append((tokenizer.decode(new[:end], skip_special_tokens=True).strip(),
+                                 min(end + 1, MAX_NEW_TOKENS)))
+    assert [(o.text, o.num_new_tokens) for o in outputs] == padded_reference
+    assert [o.text for o in outputs] == [text for text, _ in one_at_a_time(model, tokenizer, prompts, eos, [])]
+    assert len({o.text for o in outputs}) > 1, "the rows' answers differ: the suffixes reached the model"

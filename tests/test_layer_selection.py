@@ -103,3 +103,70 @@ def test_a_gemma3_decoder_is_laid_out_like_llama():
     names = select_parameters(model, LayerSelection(last=1, modules=["attention"]))
     assert names and all(n.startswith("model.layers.3.self_attn.") for n in names)
     assert any(n.endswith("q_norm.weight") for n in names)  # Gemma-3's q/k norms belong to attention
+
+
+# ---------------------------------------------------------------- name patterns (``names``)
+
+def test_name_patterns_alone_select_by_name_across_the_model():
+    model = small_llama(8)
+    assert select_parameters(model, LayerSelection(names=[".*embed_tokens.*"])) == ["model.embed_tokens.weight"]
+    names = select_parameters(model, LayerSelection(names=[r".*\.(q|v)_proj\..*", r"model\.norm\.weight"]))
+    assert _layers_of(names) == set(range(8)) and len(names) == 2 * 8 + 1  # every layer: no layer key given
+    assert all(n.endswith(("q_proj.weight", "v_proj.weight")) for n in names[:-1]) and names[-1] == "model.norm.weight"
+    assert select_parameters(model, LayerSelection(names=["model.embed_tokens.weight"], lm_head=True)) == [
+        "model.embed_tokens.weight", "lm_head.weight"]  # a switch adds its parameters to the patterns'
+    # a pattern is a full match of the whole name, not a search
+    with pytest.raises(ConfigError, match="matches no parameter"):
+        select_parameters(model, LayerSelection(names=["q_proj"]))
+    # ``modules`` still restricts what a pattern picks inside a layer
+    mlp = select_parameters(model, LayerSelection(names=[r".*\.weight"], modules=["mlp"]))
+    assert {n for n in mlp if n.startswith("model.layers.")} == {
+        n for n, _ in model.named_parameters() if ".mlp." in n}
+    assert {n for n in mlp if not n.startswith("model.layers.")} == {
+        "model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"}
+
+
+def test_name_patterns_with_layers_filter_the_chosen_layers():
+    model = small_llama(8)
+    names = select_parameters(model, LayerSelection(layers=[0, 5], names=[".*q_proj.*"]))
+    assert names == [f"model.layers.{i}.self_attn.q_proj.weight" for i in range(6)]
+    names = select_parameters(model, LayerSelection(last=2, names=[".*proj.*"], modules=["mlp"], embeddings=True))
+    assert names == ["model.embed_tokens.weight"] + [f"model.layers.{i}.mlp.{p}_proj.weight"
+                                                     for i in (6, 7) for p in ("gate", "up", "down")]
+    # the switch's parameter is not filtered by the patterns; a pattern reaching outside the layers is refused
+    with pytest.raises(ConfigError, match=r"names\[1\]='lm_head.\*' matches 1 parameter.*none in this selection's "
+                                          r"layers \[6, 7\].*only filter the chosen layers"):
+        select_parameters(model, LayerSelection(last=2, names=[".*mlp.*", "lm_head.*"]))
+    with pytest.raises(ConfigError, match=r"none in this selection's modules \['attention'\]"):
+        select_parameters(model, LayerSelection(names=[r".*mlp\.up.*"], modules=["attention"]))
+
+
+def test_bad_name_patterns_are_refused_naming_the_key():
+    with pytest.raises(ConfigError, match=r"method.trainable.names\[1\]='\(q' is not a valid regular expression"):
+        check_selection(LayerSelection(names=[".*", "(q"]), "method.trainable")  # no model needed
+    with pytest.raises(ConfigError, match="give a list of regular expressions"):
+        check_selection(LayerSelection(names=".*q_proj.*"), "method.trainable")
+    with pytest.raises(ConfigError, match="non-empty regular expression"):
+        check_selection(LayerSelection(names=[""]), "method.trainable")
+    check_selection(LayerSelection(names=[".*q_proj.*"]), "method.trainable")  # names alone select something
+    from omegaconf import OmegaConf  # the preflight checks the config node, not the dataclass
+    check_selection(OmegaConf.structured(LayerSelection(names=[".*q_proj.*"])), "method.trainable")
+    with pytest.raises(ConfigError, match="is not a valid regular expression"):
+        check_selection(OmegaConf.structured(LayerSelection(last=2, names=["[q"])), "method.trainable")
+    with pytest.raises(ConfigError, match="selects nothing"):
+        check_selection(LayerSelection(names=[]), "method.trainable")
+    with pytest.raises(ConfigError) as err:  # a typo: the closest names are given, layer indices as <i>
+        select_parameters(small_llama(4), LayerSelection(last=2, names=[".*q_prj.*"]))
+    assert "method.trainable.names[0]='.*q_prj.*' matches no parameter of LlamaForCausalLM" in str(err.value)
+    assert "closest names: ['model.layers.<i>.self_attn.q_proj.weight'" in str(err.value)
+
+
+def test_a_name_pattern_on_a_tied_lm_head_obeys_the_lm_head_rule():
+    tied = small_llama(4, tied=True)
+    with pytest.raises(ConfigError, match=r"picks lm_head.weight, which is tied to model.embed_tokens.weight"):
+        select_parameters(tied, LayerSelection(names=["lm_head.*"]))
+    for selection in (LayerSelection(names=["lm_head.*"], embeddings=True),
+                      LayerSelection(names=["lm_head.*", ".*embed_tokens.*"])):
+        assert select_parameters(tied, selection) == ["model.embed_tokens.weight"]  # one shared matrix
+    untied = small_llama(4)
+    assert select_parameters(untied, LayerSelection(names=["lm_head.*"])) == ["lm_head.weight"]

@@ -91,3 +91,51 @@ def test_describe_counts_each_partition_and_the_frozen_rest():
     model = small_llama(layers=12)
     text = select_partitions(model, preset("layer_swap_c")).describe(model)
     assert text.startswith("language: 72 tensors") and "math: 36 tensors" in text and "uncovered (frozen): 3 tensors" in text
+
+
+# ---------------------------------------------------------------- name patterns in partitions
+
+@pytest.mark.parametrize("depth", [16, 28])
+def test_partition_a_written_with_name_patterns_equals_the_preset(depth):
+    model = small_llama(layers=depth)
+    by_name = {"language": [LayerSelection(names=[r"model\.layers\.\d+\.self_attn\..*"]),
+                            LayerSelection(first=6, last=2, names=[r".*\.mlp\..*"])],
+               "math": [LayerSelection(layers=[6, -3], names=[r".*\.mlp\..*"])]}
+    assert select_partitions(model, by_name) == select_partitions(model, preset("layer_swap_a"))
+
+
+def test_partitions_by_name_pattern_alone_and_with_layers():
+    model = small_llama(layers=12)
+    split = select_partitions(model, {"language": [LayerSelection(names=[".*embed_tokens.*", "lm_head.*"])],
+                                      "math": [LayerSelection(layers=[4, 7], names=[".*down_proj.*"])]})
+    assert split.members == {"language": ["model.embed_tokens.weight", "lm_head.weight"],
+                             "math": [f"model.layers.{i}.mlp.down_proj.weight" for i in range(4, 8)]}
+    assert len(split.uncovered) == sum(1 for _ in model.parameters()) - 6
+
+
+def test_overlap_through_a_name_pattern_is_refused():
+    model = small_llama(layers=12)
+    with pytest.raises(ConfigError, match=r"partitions 'language' and 'math' overlap in 12 parameter tensor\(s\), "
+                                          r"e.g. \['model.layers.0.self_attn.q_proj.weight'"):
+        select_partitions(model, {"language": [LayerSelection(layers=[0, -1], modules=["attention"])],
+                                  "math": [LayerSelection(names=[".*q_proj.*"])]})
+    tied = small_llama(layers=6, tied=True)  # lm_head by name is the embedding: in one partition only
+    with pytest.raises(ConfigError, match="overlap"):
+        select_partitions(tied, {"language": [LayerSelection(embeddings=True)],
+                                 "math": [LayerSelection(names=["lm_head.*", ".*embed_tokens.*"])]})
+    with pytest.raises(ConfigError, match=r"method.partitions.math\[0\].names\[0\]='lm_head.\*' picks lm_head.weight, "
+                                          "which is tied"):
+        select_partitions(tied, {"language": [LayerSelection(first=2)], "math": [LayerSelection(names=["lm_head.*"])]})
+
+
+@pytest.mark.parametrize("partitions,expected", [
+    ({"math": [LayerSelection(names=["*.mlp.*"])]}, "method.partitions.math[0].names[0]='*.mlp.*' is not a valid "
+                                                    "regular expression"),
+    ({"math": [LayerSelection(layers=[6, -3], names=[".*mpl.*"])]},
+     "method.partitions.math[0].names[0]='.*mpl.*' matches no parameter of LlamaForCausalLM"),
+    ({"math": [LayerSelection(first=2, names=[".*embed.*"])]}, "but none in this selection's layers [0, 1]"),
+])
+def test_bad_name_patterns_in_partitions_are_refused(partitions, expected):
+    with pytest.raises(ConfigError) as err:
+        select_partitions(small_llama(layers=12), partitions)
+    assert expected in str(err.value)

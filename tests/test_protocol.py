@@ -578,3 +578,49 @@ def test_coco_presets_state_the_papers_protocol():
             chosen[method] = resolve_layers(selection, depth)
         assert chosen["coco_last"] == list(range(first - 1, last)), model  # inclusive, to the last layer
         assert chosen["coco_first"] == list(range(len(chosen["coco_last"]))), model
+
+
+def test_partition_presets_state_the_treatments_and_find_their_experts():
+    """partition_table1: 10 training treatments (full and LoRA) x bn/sw/te x 3 seeds on MGSM, 64
+    examples per step, constant lr after warmup, clipping 1.0; partition_table1_swap: 4 merges whose
+    experts are the same model, language and seed's runs in the same sweep directory. The CPU pair
+    likewise, and every point of both validates."""
+    from xlt_runner.cli import job_overrides
+    required = ["train_data.language.path=instructions.jsonl"]
+    counts = {"partition_table1": 90, "partition_table1_swap": 36, "partition_cpu": 6, "partition_cpu_swap": 3}
+    treatments = {}
+    for experiment, count in counts.items():
+        points = job_overrides([f"experiment={experiment}"], "config", multirun=True)
+        assert len(points) == count, experiment
+        for point in points:
+            if not point[0].startswith("treatment=") or "seed=1" in point or "seed=2" in point:
+                continue
+            cfg = compose(point + (required if experiment == "partition_table1" else []))
+            validate(cfg)
+            treatments.setdefault(experiment, set()).add(cfg.method.name)
+            assert cfg.benchmark.name == "mgsm" and cfg.languages.targets[0] == "en"
+            assert cfg.languages.name == f"mgsm_{cfg.languages.targets[1]}"
+            if cfg.method.family == "layer_swap":
+                assert cfg.train_data is None
+                for role in ("math_expert", "language_expert"):
+                    expected = (f"outputs/sweeps/{cfg.sweep_name}/" + "{}" +
+                                f"-{cfg.model.name}-{cfg.languages.name}-s{cfg.seed}-*/method_weights.safetensors")
+                    assert any(cfg.method[role] == expected.format(name) for name in
+                               ("math_only", "language_only", "math_partial", "language_partial", "math_only_lora",
+                                "language_only_lora")), cfg.method[role]
+                language = cfg.method.partitions.language[0]  # [C]
+                assert (language.get("first"), language.get("last")) == (6, 2)
+                continue
+            assert cfg.train_data.language.language == cfg.languages.targets[1]
+            assert cfg.method.optim.schedule == "constant" and cfg.trainer.gradient_clip_val == 1.0
+            lora = cfg.method.family == "lora" or cfg.method.get("lora") is not None
+            assert cfg.method.optim.lr == (2e-4 if lora else (1e-5 if experiment == "partition_table1" else 2e-5))
+            if experiment == "partition_table1":
+                assert cfg.benchmark.batch_size * cfg.trainer.accumulate_grad_batches == 64
+                assert cfg.model.name == "llama31_8b" and cfg.benchmark.shots == 2
+    assert treatments["partition_table1"] == {"math_only", "language_only", "data_mixing", "partition_sft",
+                                              "math_partial", "language_partial", "math_only_lora",
+                                              "language_only_lora", "data_mixing_lora", "partition_sft_lora"}
+    assert treatments["partition_table1_swap"] == {"layer_swap_full", "layer_swap_partial", "layer_swap_reset",
+                                                   "layer_swap_full_lora"}
+    assert treatments["partition_cpu_swap"] == {"layer_swap_full", "layer_swap_partial", "layer_swap_reset"}

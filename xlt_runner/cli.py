@@ -182,6 +182,7 @@ def preflight(argv: list[str]) -> set[str]:
     the jobs (empty for an information request such as ``--cfg``)."""
     from xlt_runner.identity import run_id
     from xlt_runner.methods.base import resolve_init_from
+    from xlt_runner.methods.merge import check_experts
     if _info_requested(argv):
         return set()
     overrides, config_name = _split_argv(argv)
@@ -204,6 +205,7 @@ def preflight(argv: list[str]) -> set[str]:
             _check_local_languages(cfg, benchmarks)
             if cfg.method.init_from:
                 resolve_init_from(cfg.method.init_from)
+            check_experts(cfg)  # method=layer_swap: its experts' files, against model=
         except (ConfigError, BenchmarkDataError) as exc:
             _fail(str(exc), where)
         except Exception as exc:  # Hydra/OmegaConf composition errors

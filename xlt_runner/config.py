@@ -126,6 +126,51 @@ class GenerationBenchmarkConfig(BenchmarkConfig):
     language_identifier: str = "py3langid"  # identifies each answer's language (output_language_rate)
 
 
+# ---------------------------------------------------------------------- train data
+@dataclass
+class SftSourceConfig:
+    """One supervised fine-tuning dataset of ``train_data`` (the ``task`` or the ``language`` data).
+
+    The source: ``path`` (a local jsonl file; it wins over ``hub_id``), else ``hub_id`` (a Hub
+    dataset: ``hub_config``, ``hub_split``, ``hub_revision``), or ``benchmark`` (the train split of a generation benchmark of
+    this project, read by its own reader: ``mkqa_cbqa`` or ``mintaka`` with ``data_dir``, questions
+    of ``benchmark_language``, default ``language``). Records (``format``, ``auto`` by the first
+    record's keys): ``{"prompt", "completion"}``, ``{"messages": [user, assistant]}``, ``{"text"}``
+    (loss on every token), ``{"question", "answer"}`` (GSM8K: the answer's reasoning without its
+    ``<<...>>`` calculator notes, ending "The answer is N."; the question in MGSM's English
+    wording). ``dev_size`` examples (the first by a hash of their id) are held out for validation."""
+    name: str = MISSING  # a label for records and logs: gsm8k, mkqa_ja
+    language: str = MISSING  # the language of its text, as the evaluated benchmark codes it (en, ja)
+    path: Optional[str] = None
+    hub_id: Optional[str] = None
+    hub_config: Optional[str] = None
+    hub_split: str = "train"
+    hub_revision: Optional[str] = None
+    benchmark: Optional[str] = None
+    data_dir: Optional[str] = None  # the benchmark's data directory (null: its Hub dataset)
+    benchmark_language: Optional[str] = None  # the benchmark's code for ``language`` (null: the same)
+    format: str = "auto"  # auto | prompt_completion | messages | text | gsm8k
+    max_examples: Optional[int] = None  # training examples kept (the first by a hash of their id)
+    dev_size: int = 100
+
+
+@dataclass
+class TrainDataConfig:
+    """Training data from SFT datasets instead of the benchmark's train split (decoders).
+
+    ``mode``: ``task`` or ``language`` (that dataset only), ``mix`` (both, shuffled together: the
+    data-mixing baseline) or ``alternate`` (each optimiser step takes its batches from one dataset;
+    after ``steps_per_switch`` steps the other: ``method=partition_sft``). Batch ``k`` is a pure
+    function of (seed, k) in every mode. Validation: the held-out part of each dataset used, equal
+    sizes (``dev_size``), loss logged per dataset. ``languages.source`` must list the languages of
+    the datasets used (task first)."""
+    name: str = MISSING
+    mode: str = "task"  # task | language | mix | alternate
+    steps_per_switch: int = 1
+    task: Optional[SftSourceConfig] = None
+    language: Optional[SftSourceConfig] = None
+
+
 # ----------------------------------------------------------------------- languages
 @dataclass
 class LanguagesConfig:
@@ -239,6 +284,7 @@ class RunConfig:
     trainer: TrainerConfig = MISSING
     regime: RegimeConfig = MISSING
     logger: LoggerConfig = MISSING
+    train_data: Optional[TrainDataConfig] = None  # SFT datasets to train on (null: the benchmark's train split)
     paths: PathsConfig = field(default_factory=PathsConfig)
     seed: int = 0
     overwrite: bool = False  # rerun even if results.json is complete
@@ -255,6 +301,7 @@ def register_schemas() -> None:
     cs.store(group="trainer", name="trainer_schema", node=TrainerConfig)
     cs.store(group="regime", name="regime_schema", node=RegimeConfig)
     cs.store(group="logger", name="logger_schema", node=LoggerConfig)
+    cs.store(group="train_data", name="train_data_schema", node=TrainDataConfig)
 
 
 register_schemas()

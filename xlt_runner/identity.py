@@ -15,6 +15,9 @@ from omegaconf import DictConfig, OmegaConf
 #: Top-level keys that do not change what a run computes.
 NON_IDENTITY_KEYS = ("hydra", "paths", "logger", "overwrite", "sweep_name", "experiment_name")
 #: Nested keys that do not change what a run computes (dotted paths).
+#: Top-level sections added after runs were recorded: absent from the identity while unset, so
+#: the ids of earlier runs (and of runs that do not use them) stay what they were.
+OPTIONAL_SECTIONS = ("train_data",)
 NON_IDENTITY_PATHS = ("benchmark.data_dir", "benchmark.num_workers", "trainer.enable_progress_bar",
                       "trainer.log_every_n_steps", "trainer.resume_checkpoint_every_validation")
 
@@ -28,6 +31,9 @@ def identity_dict(cfg: DictConfig | dict) -> dict[str, Any]:
     else:
         data = {k: v for k, v in cfg.items() if k not in NON_IDENTITY_KEYS}
     data = json.loads(json.dumps(data, default=str))
+    for key in OPTIONAL_SECTIONS:
+        if data.get(key, 0) is None:
+            del data[key]
     for dotted in NON_IDENTITY_PATHS:
         *parents, leaf = dotted.split(".")
         sub = data

@@ -13,24 +13,100 @@ config donor), published atomically, with ``merge.json`` recording which expert 
 Refused before anything is written: experts whose configs differ (architecture, depth, dtype,
 vocabulary), whose tensor names, shapes or dtypes differ, a selection outside the depth, and
 ``non_layer: base`` without a base model.
+
+**Which source gives each tensor** is decided in one place, :func:`tensor_sources`, for this
+folder merge and for ``method=layer_swap`` (:mod:`xlt_runner.methods.merge`, a merge into the
+run's loaded base, then evaluated): a tensor in partition ``P`` (``math`` | ``language`` |
+``base``; partitions in the layer grammar, :func:`~xlt_runner.models.layers.select_partitions`)
+comes from source ``P``, a tensor in no partition from ``uncovered_from``; and a tensor whose
+source's weights do not hold it (a partial expert that never trained it, an expert given as
+``base``) comes from the base. :func:`layer_swap` states its ``language_layers`` / ``non_layer``
+as such partitions (:func:`swap_partitions`).
 """
 from __future__ import annotations
 
 import json
 import math
 import shutil
+from collections.abc import Callable, Container, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from xlt_runner.config import ConfigError
-from xlt_runner.models.layers import LayerSelection, describe_decoder, parameter_part, resolve_layers
+from xlt_runner.models.layers import LAYER_PARTS, LayerSelection, describe_decoder, resolve_layers, select_partitions
 
 #: Config keys that may differ between experts of one base (paths, versions), not what they compute.
 CONFIG_KEYS_IGNORED = ("_name_or_path", "transformers_version", "architectures")
 MERGE_FILE = "merge.json"
+#: Where a merged tensor can come from: the two experts and the base they were tuned from.
 SOURCES = ("math", "language", "base")
 _WEIGHT_SUFFIXES = (".safetensors",)
 _INDEX_SUFFIX = ".safetensors.index.json"
+
+
+def check_source(value: Any, key: str) -> str:
+    """``value`` if it names a source (:data:`SOURCES`), else ConfigError naming ``key``."""
+    if value not in SOURCES:
+        raise ConfigError(f"{key}={value!r}: name the source of those tensors: {' | '.join(SOURCES)}")
+    return value
+
+
+def partition_of(model, partitions: Mapping[str, Any], key: str = "method.partitions") -> dict[str, str]:
+    """Parameter name (``model.named_parameters()``) -> the partition holding it, for the parameters
+    in one; ``partitions``: name (a source: :data:`SOURCES`) -> list of :class:`LayerSelection`,
+    resolved by :func:`select_partitions` (disjoint, each selecting something). ConfigError otherwise."""
+    for name in partitions:
+        check_source(name, f"{key}: partition {name!r}; a partition's name says where its tensors come from, so it")
+    members = select_partitions(model, partitions, key).members
+    return {tensor: partition for partition, tensors in members.items() for tensor in tensors}
+
+
+def tensor_sources(partition: Mapping[str, str], names: Iterable[str], uncovered_from: str,
+                   holds: Mapping[str, Container[str]],
+                   weight_of: Callable[[str], str] | None = None) -> dict[str, str]:
+    """The rule of every Layer-Swapping merge, in one place: tensor name -> the source that gives it
+    (``math`` | ``language`` | ``base``).
+
+    A tensor whose parameter is in partition ``P`` (``partition``: :func:`partition_of`) comes from
+    source ``P``; a tensor in no partition from ``uncovered_from``. Then a tensor whose source is an
+    expert whose weights do not hold it (``holds[source]``: the tensor names that expert's file
+    holds; nothing for an expert given as the base) comes from the base. ``weight_of``: the
+    parameter a tensor name stands for (a LoRA adapter tensor: the weight it adapts; default: the
+    name itself); a name that is no parameter (a buffer saved with the weights) is in no partition."""
+    check_source(uncovered_from, "uncovered_from")
+    sources = {}
+    for name in names:
+        source = partition.get(weight_of(name) if weight_of else name, uncovered_from)
+        sources[name] = source if source == "base" or name in holds[source] else "base"
+    return sources
+
+
+def _ranges(indices: list[int]) -> list[list[int]]:
+    """Sorted layer indices as inclusive ``[start, end]`` runs."""
+    runs: list[list[int]] = []
+    for i in indices:
+        if runs and runs[-1][1] == i - 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    return runs
+
+
+def swap_partitions(language_layers: LayerSelection, depth: int) -> dict[str, list[LayerSelection]]:
+    """:func:`layer_swap`'s arguments as partitions: ``language`` is ``language_layers``; ``math`` every
+    other part of every layer (the other layers whole, and the chosen layers' parts that
+    ``language_layers.modules`` leaves out). The parameters outside the layers are in neither."""
+    if language_layers.embeddings or language_layers.lm_head or language_layers.final_norm:
+        raise ConfigError("language_layers selects transformer layers only: say where embeddings, lm_head and the "
+                          "final norm come from with non_layer")
+    chosen = resolve_layers(language_layers, depth, "language_layers")
+    others = [i for i in range(depth) if i not in chosen]
+    rest = [part for part in LAYER_PARTS if part not in language_layers.modules]
+    math = [LayerSelection(layers=_ranges(others))] if others else []
+    if rest:
+        math.append(LayerSelection(layers=_ranges(chosen), modules=rest))
+    return {"language": [language_layers], **({"math": math} if math else {})}
 
 
 @dataclass(frozen=True)
@@ -104,7 +180,7 @@ def layer_swap(math_expert: str | Path, language_expert: str | Path, out_dir: st
 
     from xlt_runner.fileio import publish_dir
 
-    if non_layer not in SOURCES:
+    if non_layer not in SOURCES:  # said here, in the folder API's words
         raise ConfigError(f"non_layer={non_layer!r}: say where embeddings, final norm and lm_head come from: "
                           f"{' | '.join(SOURCES)}")
     if non_layer == "base" and base is None:
@@ -118,14 +194,8 @@ def layer_swap(math_expert: str | Path, language_expert: str | Path, out_dir: st
         skeleton = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folders["math"]))
     layout = describe_decoder(skeleton)
     layers = set(resolve_layers(language_layers, layout.num_layers, "language_layers"))
-
-    def source_of(name: str) -> str:
-        layer, part = parameter_part(name, layout)
-        if layer is None:
-            return non_layer
-        return "language" if layer in layers and part in language_layers.modules else "math"
-
-    sources = {name: source_of(name) for name in indexes["math"]}
+    partition = partition_of(skeleton, swap_partitions(language_layers, layout.num_layers), key="language_layers")
+    sources = tensor_sources(partition, indexes["math"], non_layer, holds=indexes)
     out_dir = Path(out_dir)
     shard_names: list[list[str]] = [[]]
     size = 0

@@ -13,6 +13,7 @@ result only once the new one is complete; a failed rerun leaves the old result i
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import shutil
@@ -189,6 +190,16 @@ def promote_staged_rerun(run_dir: Path) -> None:
     print(f"[xlt-run] replaced the result in {run_dir} with the completed rerun")
 
 
+def data_fingerprint(cfg: DictConfig, benchmark) -> str:
+    """The content fingerprint of a run's data: the benchmark's, combined with the training
+    datasets' when ``train_data`` is set."""
+    from xlt_runner.data.sft_data import train_data_fingerprint
+    train = train_data_fingerprint(cfg, cfg.paths.cache_dir)
+    if train is None:
+        return benchmark.fingerprint()
+    return hashlib.sha256(f"{benchmark.fingerprint()}|train_data:{train}".encode()).hexdigest()
+
+
 def check_same_data(cfg: DictConfig, record: dict[str, Any], run_dir: Path) -> None:
     """Raise :class:`DataChangedError` if ``record`` was computed on other benchmark data than
     ``cfg.benchmark`` now points at (content fingerprint; paths do not matter)."""
@@ -198,7 +209,7 @@ def check_same_data(cfg: DictConfig, record: dict[str, Any], run_dir: Path) -> N
         print(f"[xlt-run] warning: {run_dir / RESULTS_FILE} predates data fingerprints; "
               "reusing it without checking its data", file=sys.stderr)
         return
-    current = build_benchmark(cfg.benchmark, cfg.paths.cache_dir).fingerprint()
+    current = data_fingerprint(cfg, build_benchmark(cfg.benchmark, cfg.paths.cache_dir))
     if current != recorded:
         raise DataChangedError(
             f"{run_dir / RESULTS_FILE} is complete but was computed on other data: benchmark "
@@ -223,7 +234,7 @@ def _execute(cfg: DictConfig, run_dir: Path, record: RunRecord, t0: float, guard
 
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     benchmark = build_benchmark(cfg.benchmark, cfg.paths.cache_dir)
-    record.data_fingerprint = benchmark.fingerprint()
+    record.data_fingerprint = data_fingerprint(cfg, benchmark)
     table = LanguageTable.for_benchmark(benchmark)
     available = benchmark.languages()
     location = data_location(benchmark)
@@ -241,6 +252,8 @@ def _execute(cfg: DictConfig, run_dir: Path, record: RunRecord, t0: float, guard
     backbone = load_backbone(cfg.model, cfg.paths.cache_dir)
     task_kind = task_cls(cfg, benchmark, backbone)
     datamodule = task_kind.datamodule(source, targets, cfg.trainer.max_steps)
+    if hasattr(datamodule, "describe"):
+        record.train_data = datamodule.describe()
     method = method_cls(cfg.method, backbone, task_kind.method_task(datamodule, source), total_steps=cfg.trainer.max_steps)
     record.pooling = getattr(method, "pooling", None)
     if cfg.method.init_from:
@@ -252,6 +265,12 @@ def _execute(cfg: DictConfig, run_dir: Path, record: RunRecord, t0: float, guard
     if process_rank() == 0:
         write_text_atomic(run_dir / TRAINABLE_PARAMETERS_FILE, method.trainable_parameter_table())
         record.outputs["trainable_parameters"] = TRAINABLE_PARAMETERS_FILE
+    merge = getattr(method, "merge_record", None)  # method=layer_swap: the experts it merged, what came from where
+    if merge is not None:
+        record.merge = merge.summary()
+        if process_rank() == 0:
+            write_json_atomic(run_dir / record.merge["file"], merge.to_json())
+            record.outputs["merge"] = record.merge["file"]
     print(f"[xlt-run] {record.run_id}: {cfg.method.name} on {cfg.model.name} ({backbone.source}); "
           f"regime {cfg.regime.name} ({' > '.join(cfg.regime.stages)}); {len(source)} source, {len(targets)} target "
           f"languages; trainable {record.params['trainable']:,} of {record.params['total']:,} parameters")
@@ -299,6 +318,8 @@ def fit_stage(cfg: DictConfig, task_kind, method, datamodule, checkpoint_dir: Pa
     from xlt_runner.resume import read_resume_checkpoint, resume_checkpoint_callback
 
     method.total_steps = max_steps
+    method.accumulate_grad_batches = cfg.trainer.accumulate_grad_batches
+    method.gradient_clip_val = cfg.trainer.gradient_clip_val
     monitor, mode = task_kind.monitor(cfg)
     checkpoint = build_checkpoint_callback(checkpoint_dir, monitor, mode)
     callbacks = [checkpoint, *build_callbacks(cfg, method, monitor, mode, max_steps, val_check_interval, patience)]

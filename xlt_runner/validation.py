@@ -31,6 +31,7 @@ def validate(cfg: Any) -> None:
     method_cls = method_class(cfg.method.family, task_cls.method_task_kind())
     method_cls.check_supported(task_cls.method_task_kind(), cfg.model.kind)
     method_cls.check_method_config(cfg.method)
+    _check_train_data(cfg, method_cls)
     stages = list(cfg.regime.stages)
     unknown = [s for s in stages if s not in STAGES]
     if unknown or not stages:
@@ -40,6 +41,26 @@ def validate(cfg: Any) -> None:
         raise ConfigError("regime stage langid_probe probes sentence representations of a classification method; "
                           f"benchmark={cfg.benchmark.name} is a {cfg.benchmark.task} benchmark")
     _check_language_codes(cfg, benchmark_cls)
+
+
+def _check_train_data(cfg: Any, method_cls: Any) -> None:
+    """``train_data`` (:func:`~xlt_runner.data.sft_data.check_train_data`) and whether the method
+    trains on it: ``method_cls.train_data_modes`` lists the modes it takes (none: it refuses
+    ``train_data``); a method that needs it (``requires_train_data``) refuses its absence."""
+    from xlt_runner.data.sft_data import check_train_data
+    modes = getattr(method_cls, "train_data_modes", ())
+    if cfg.get("train_data") is None:
+        if getattr(method_cls, "requires_train_data", False):
+            raise ConfigError(f"method={cfg.method.name} trains on two SFT datasets: choose train_data= (e.g. "
+                              f"train_data=gsm8k_mkqa) with train_data.mode in {list(modes)}")
+        return
+    if not method_cls.trains or "fit" not in cfg.regime.stages:
+        raise ConfigError(f"train_data={cfg.train_data.name} is set but method={cfg.method.name} does not train "
+                          "here; set train_data=null")
+    if cfg.train_data.mode not in modes:
+        raise ConfigError(f"method={cfg.method.name} does not train with train_data.mode={cfg.train_data.mode}; "
+                          f"it takes {' or '.join(modes) or 'no train_data (set train_data=null)'}")
+    check_train_data(cfg)
 
 
 def _check_language_codes(cfg: Any, benchmark_cls: Any) -> None:

@@ -96,6 +96,40 @@ class SortedEvalSampler(Sampler[list[int]]):
         return len(self.batches)
 
 
+class GroupedEvalSampler(Sampler[list[int]]):
+    """Evaluation batches that never mix groups, for prompts that share a start within a group
+    (generation: one language's few-shot exemplars, which
+    :func:`~xlt_runner.generation.generate_greedy` prefills once per batch).
+
+    Each group (in order of first appearance) is sorted by length, longest first, and cut into
+    batches of ``batch_size`` (its last one may be shorter); the batches of all groups are then
+    ordered by their longest example, longest first (ties: group order, then position), so the
+    widest batch still comes first. Rank ``r`` takes batches r, r+W, ...: deterministic, every
+    example exactly once, nothing padded in, as :class:`SortedEvalSampler`.
+    """
+
+    def __init__(self, lengths: np.ndarray, groups: np.ndarray, batch_size: int, rank: int = 0,
+                 world_size: int = 1) -> None:
+        lengths, groups = np.asarray(lengths), np.asarray(groups)
+        if lengths.shape != groups.shape:
+            raise ValueError(f"{len(lengths)} lengths but {len(groups)} group keys")
+        _, first = np.unique(groups, return_index=True)
+        batches: list[np.ndarray] = []
+        for key in groups[np.sort(first)]:
+            members = np.flatnonzero(groups == key)
+            members = members[np.argsort(-lengths[members], kind="stable")]
+            batches.extend(members[i:i + batch_size] for i in range(0, len(members), batch_size))
+        longest = np.asarray([lengths[b[0]] for b in batches], dtype=np.int64)
+        batches = [batches[i] for i in np.argsort(-longest, kind="stable")]
+        self.batches = batches[rank::world_size]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return (b.tolist() for b in self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
 #: Key of the data position in a data module's checkpoint state (``state_dict``).
 TRAINING_BATCHES_KEY = "training_batches_taken"
 

@@ -6,8 +6,11 @@ the prompt tokens that generation sees. :class:`GenerationDataModule` mirrors
 :class:`~xlt_runner.data.classification.ClassificationDataModule`: training mixes the train
 splits of all source languages (length-grouped batches, a pure function of (seed, batch
 index)); validation is the teacher-forced loss on the source languages' dev splits; test and
-predict give left-padded prompts of every target language in one pass, sorted by length
-across languages and sharded by rank without padding, each batch carrying ``index`` (into
+predict give left-padded prompts of every target language in one pass, in batches of one
+language each (so a batch's rows share the language's prompt start, e.g. few-shot exemplars,
+which generation prefills once per batch), sorted by length within the language, widest batch
+first, and sharded by rank without padding
+(:class:`~xlt_runner.data.batching.GroupedEvalSampler`), each batch carrying ``index`` (into
 :attr:`GenerationDataModule.eval_examples`) and ``lang`` (into ``eval_languages``).
 """
 from __future__ import annotations
@@ -22,11 +25,11 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from xlt_runner.config import ConfigError, ModelConfig
 from xlt_runner.data import BenchmarkDataError, GenerationBenchmark, GenerationExample
-from xlt_runner.data.batching import BatchedDataModule
+from xlt_runner.data.batching import BatchedDataModule, GroupedEvalSampler
 from xlt_runner.data.classification import tokenizer_fingerprint
 from xlt_runner.fileio import atomic_path
 
@@ -369,11 +372,16 @@ class GenerationDataModule(BatchedDataModule):
 
     # -- tokenisation and its cache
     def _cache_path(self, stage: str, lang: str, limit: int | None) -> Path:
+        return self.tokenized_cache_path(f"{self.benchmark.name}|{self.benchmark.fingerprint()}|{limit}", stage, lang)
+
+    def tokenized_cache_path(self, data_key: str, stage: str, lang: str) -> Path:
+        """The cache file of one tokenised split: ``data_key`` says which examples (data content and
+        selection); the tokenizer, prompt format, lengths and the split's role are added here."""
         prompt_room = "teacher" if stage != "test" else f"prompt-{self.max_length - self.max_new_tokens}"
-        raw = (f"{CACHE_FORMAT}|{self.benchmark.name}|{self.benchmark.fingerprint()}|{lang}|{self.splits[stage]}|"
-               f"{limit}|{self._tok_fp}|{self.prompt_format.fingerprint()}|{self.max_length}|{prompt_room}")
+        raw = (f"{CACHE_FORMAT}|{data_key}|{lang}|{self.splits[stage]}|{self._tok_fp}|"
+               f"{self.prompt_format.fingerprint()}|{self.max_length}|{prompt_room}")
         key = hashlib.sha1(raw.encode()).hexdigest()[:20]
-        return self.cache_root / f"{self.benchmark.name}-{lang}-{self.splits[stage]}-{key}.npz"
+        return self.cache_root / f"{data_key.split('|')[0]}-{lang}-{self.splits[stage]}-{key}.npz"
 
     def _tokenize(self, examples: list[GenerationExample], stage: str) -> TokenizedQA:
         rows: list[tuple[list[int], int]] = []
@@ -401,7 +409,12 @@ class GenerationDataModule(BatchedDataModule):
     def _tokenized(self, stage: str, lang: str, limit: int | None,
                    examples: list[GenerationExample] | None = None) -> TokenizedQA:
         """The tokenised split, from the cache or tokenised now (from ``examples`` if given)."""
-        path = self._cache_path(stage, lang, limit)
+        return self.load_or_tokenize(self._cache_path(stage, lang, limit), lambda: self._tokenize(
+            examples if examples is not None else self._examples(stage, lang, limit), stage))
+
+    def load_or_tokenize(self, path: Path, tokenize) -> TokenizedQA:
+        """The tokenised split cached at ``path``, else ``tokenize()`` written there atomically
+        (an unreadable cache file is rebuilt)."""
         if path.exists():
             try:
                 with np.load(path, allow_pickle=False) as z:
@@ -414,7 +427,7 @@ class GenerationDataModule(BatchedDataModule):
                             path, type(exc).__name__, exc)
                 path.unlink(missing_ok=True)
         self.cache_misses += 1
-        data = self._tokenize(examples if examples is not None else self._examples(stage, lang, limit), stage)
+        data = tokenize()
         with atomic_path(path) as tmp:
             np.savez(tmp, ids=data.ids, offsets=data.offsets, prompt_lengths=data.prompt_lengths,
                      example_ids=data.example_ids, truncated_prompts=data.truncated_prompts,
@@ -452,6 +465,18 @@ class GenerationDataModule(BatchedDataModule):
         if stage in ("test", "predict", None) and "test" not in self._datasets:
             built.append(self._build("test", self.target_languages, self.max_eval))
         self._warn_truncation(built)
+
+    def test_dataloader(self) -> DataLoader:
+        """Test (and predict) batches of one target language each, longest prompts first within
+        it: a language's prompts start alike (few-shot exemplars, a template's start), and
+        :func:`~xlt_runner.generation.generate_greedy` prefills what a batch's rows share once.
+        Sorting across languages would mix them and lose that (MGSM: 200-370 shared tokens of
+        240-630)."""
+        rank, world = self._rank_world()
+        data = self._datasets["test"]
+        languages = np.repeat(np.asarray(data.lang_indices, dtype=np.int64), [len(s) for s in data.splits])
+        sampler = GroupedEvalSampler(data.lengths(), languages, self.eval_batch_size, rank, world)
+        return self._loader(data, sampler, self.test_collator)
 
     def _warn_truncation(self, stages: list[str]) -> None:
         parts, total = [], 0

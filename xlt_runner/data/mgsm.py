@@ -131,10 +131,11 @@ class Mgsm:
         """Before any model loads: the shot count, and no training on MGSM (it has only a test split)."""
         from xlt_runner.methods import method_class
         _check_shots(cfg.benchmark.shots)
-        if method_class(cfg.method.family, "generation").trains and "fit" in cfg.regime.stages:
+        trains = method_class(cfg.method.family, "generation").trains and "fit" in cfg.regime.stages
+        if trains and cfg.get("train_data") is None:
             raise ConfigError(f"method={cfg.method.name} trains, but MGSM has only a test split (its {MGSM_QUESTIONS} "
-                              "problems): evaluate with method=prompting (method.init_from=<weights> for a tuned "
-                              "model)")
+                              "problems): train on other data (train_data=..., e.g. GSM8K) or evaluate with "
+                              "method=prompting (method.init_from=<weights> for a tuned model)")
 
     @staticmethod
     def language_table() -> LanguageTable:

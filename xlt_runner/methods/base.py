@@ -35,11 +35,12 @@ class NonFiniteValueError(FloatingPointError):
     """The training loss, or the logits at validation or test, became NaN or infinite."""
 
 
-def resolve_init_from(spec: str) -> Path:
-    """The weights file ``method.init_from`` names: a path, or a glob pattern (``*``, ``?``,
-    ``[``) that must match exactly one file, e.g. the one run of a sweep whose directory name
-    ends in a config hash. Raises :class:`ConfigError` naming what was found instead."""
-    where = f"method.init_from={spec}"
+def resolve_init_from(spec: str, key: str = "method.init_from") -> Path:
+    """The weights file a config ``key`` (``method.init_from``, a merge's experts) names: a path,
+    or a glob pattern (``*``, ``?``, ``[``) that must match exactly one file, e.g. the one run of a
+    sweep whose directory name ends in a config hash. Raises :class:`ConfigError` naming the key and
+    what was found instead."""
+    where = f"{key}={spec}"
     if not any(c in spec for c in "*?["):
         path = Path(spec).expanduser()
         if path.is_dir():
@@ -156,6 +157,12 @@ class MethodBase(pl.LightningModule):
     supported_tasks: ClassVar[tuple[str, ...]] = ()
     supported_model_kinds: ClassVar[tuple[str, ...]] = ()
     trains: ClassVar[bool] = True  # False: the fit stage is skipped (the model is tested as loaded)
+    train_data_modes: ClassVar[tuple[str, ...]] = ()  # the train_data.mode values it trains with (none: no train_data)
+    requires_train_data: ClassVar[bool] = False  # True: refused without train_data
+    # set by the runner's fit stage from trainer.*: what a method under manual optimisation
+    # (``automatic_optimization = False``) applies itself, since Lightning then refuses both
+    accumulate_grad_batches: int = 1
+    gradient_clip_val: float | None = None
     backbone_name: str
 
     # ------------------------------------------------------------ construction

@@ -66,6 +66,7 @@ class DecoderMethod(MethodBase):
 
     supported_tasks: ClassVar[tuple[str, ...]] = ("generation",)  # and the task kinds run by its methods (math)
     supported_model_kinds: ClassVar[tuple[str, ...]] = ("decoder",)
+    train_data_modes: ClassVar[tuple[str, ...]] = ("task", "language", "mix")
 
     def __init__(self, cfg: MethodConfig, backbone: Backbone, task, total_steps: int) -> None:
         super().__init__()
@@ -88,6 +89,7 @@ class DecoderMethod(MethodBase):
         from xlt_runner.metrics.generation import PerLanguageMean
         n = len(self.task.eval_languages)
         self.val_loss = PerLanguageMean(n).to(self.device)
+        self.val_loss_by_dataset = PerLanguageMean(2).to(self.device)  # train_data runs: task, language
         self.test_metric = self.task.scoring.metric(n).to(self.device)
         self._source_index = torch.tensor([self.task.eval_languages.index(l) for l in self.task.source_languages])
         self._predictions: list[dict[str, Any]] = []
@@ -123,6 +125,8 @@ class DecoderMethod(MethodBase):
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         summed, count = self.answer_losses(batch)
         self.val_loss.update(batch["lang"], summed / count.clamp(min=1))
+        if "dataset" in batch:
+            self.val_loss_by_dataset.update(batch["dataset"], summed / count.clamp(min=1))
 
     def on_validation_epoch_end(self) -> None:
         per_language = self.val_loss.per_language()
@@ -132,6 +136,12 @@ class DecoderMethod(MethodBase):
             raise NonFiniteValueError(f"validation loss is {float(loss)} at optimiser step {self.global_step}; "
                                       "no result is recorded. Lower method.optim.lr or use trainer.precision=32-true")
         self.log("val/loss", loss.float(), prog_bar=True, sync_dist=False)
+        if self.task.train_roles:
+            by_dataset = self.val_loss_by_dataset.per_language()
+            self.val_loss_by_dataset.reset()
+            for i, role in enumerate(("task", "language")):
+                if role in self.task.train_roles:
+                    self.log(f"val/loss_{role}", by_dataset[i].float(), sync_dist=False)
 
     # --------------------------------------------------------------------- test
     @property
@@ -257,6 +267,8 @@ class DecoderLora(DecoderMethod):
     def _own_key(self, key: str, own: dict) -> str:
         """A plain weight's key inside the peft wrapper: ``backbone.base_model.model.<rest>``, with
         ``.base_layer`` before the parameter name of a wrapped linear layer."""
+        if key in own:  # a LoRA run's own keys (adapters, wrapped weights)
+            return key
         rest = key.removeprefix("backbone.")
         wrapped = f"backbone.base_model.model.{rest}"
         module, _, param = wrapped.rpartition(".")

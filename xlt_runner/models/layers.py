@@ -1,4 +1,4 @@
-"""Which parameters of a decoder LLM train: a readable layer spec, resolved against the model.
+r"""Which parameters of a decoder LLM train: a readable layer spec, resolved against the model.
 
 A :class:`LayerSelection` (config section, e.g. ``method.trainable``) names transformer layers
 and, within them, module types, plus switches for the parameters outside the layers:
@@ -22,15 +22,42 @@ and, within them, module types, plus switches for the parameters outside the lay
   whose ``lm_head`` shares its weight with the input embedding (tied), training one trains the
   other: ``lm_head: true`` without ``embeddings: true`` is refused there, and ``embeddings:
   true`` trains the shared matrix.
+- ``names``: a list of Python regular expressions, each matched with :func:`re.fullmatch`
+  against the whole parameter name as ``model.named_parameters()`` gives it
+  (``model.layers.3.self_attn.q_proj.weight``): ``'.*q_proj.*'``, ``'.*\.(q|v)_proj\..*'``,
+  ``'model\.embed_tokens\.weight'``. Regular expressions rather than globs because a glob's ``*``
+  crosses dots anyway and globs cannot say "q or v" or "a layer index" (``\d+``); a full match
+  rather than a search so that a pattern means what it says (``'lm_head.*'`` cannot pick up a
+  ``model.lm_head_norm``). Escape the dots that must be dots: ``'model.layers.1.*'`` also matches
+  layer 10. How they combine with the rest:
+
+  * with ``layers`` / ``first`` / ``last`` / ``from_analysis``, the patterns **filter** the chosen
+    layers: ``{layers: [0, 5], names: ['.*q_proj.*']}`` is the q_proj of layers 0-5 (and
+    ``modules`` still applies);
+  * without any of them, the patterns **select by name** across the whole model, inside the
+    layers (restricted to ``modules``, all three by default) and outside them:
+    ``{names: ['.*embed_tokens.*']}`` is the input embedding alone;
+  * the switches ``embeddings`` / ``lm_head`` / ``final_norm`` always add their parameters,
+    unfiltered by the patterns.
+
+  A parameter is chosen when it matches any one pattern. Each pattern must choose something: one
+  that is not a valid regular expression, one that matches no parameter of the model (a typo: the
+  closest names are given) and one that matches only parameters the rest of the selection rules
+  out (``{last: 2, names: ['lm_head.*']}``: the patterns only filter the chosen layers) are
+  refused. On a tied model a pattern that matches the head's name (``lm_head.weight``, the
+  embedding's matrix under a second name) obeys the ``lm_head`` rule: refused unless the
+  embedding is selected too, and then the shared matrix trains under the embedding's name.
 
 :func:`select_parameters` returns the names (as ``model.named_parameters()`` gives them) that
-the selection trains; everything else stays frozen.
+the selection trains; everything else stays frozen. A partition spec (:func:`select_partitions`)
+is a set of named lists of such selections: the same grammar, one per partition.
 """
 from __future__ import annotations
 
+import difflib
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +75,9 @@ _MLP_CHILDREN = ("mlp", "feed_forward", "ffn")
 class LayerSelection:
     """Trainable parameters of a decoder (see the module docstring for the grammar). ``layers``:
     ``[start, end]`` or ``[[start, end], ...]`` (inclusive, negative from the end); ``first`` /
-    ``last``: an int count or a float fraction of the depth; ``modules``: parts of a chosen layer."""
+    ``last``: an int count or a float fraction of the depth; ``modules``: parts of a chosen layer;
+    ``names``: regular expressions (full match on the parameter name) that filter the chosen layers,
+    or, with no layer key, select by name across the model."""
     layers: Any = None
     first: Any = None
     last: Any = None
@@ -58,6 +87,14 @@ class LayerSelection:
     embeddings: bool = False
     lm_head: bool = False
     final_norm: bool = False
+    names: list[str] = field(default_factory=list)
+
+
+def _chooses_layers(selection: LayerSelection) -> bool:
+    """Whether a layer key (``layers``, ``first``, ``last``, ``from_analysis``) is set: then
+    ``names`` filter the chosen layers; otherwise they select by name across the model. (A
+    function, not a method: the preflight passes the config node, not the dataclass.)"""
+    return any(v is not None for v in (selection.layers, selection.first, selection.last, selection.from_analysis))
 
 
 @dataclass(frozen=True)
@@ -124,6 +161,38 @@ def _ranges(layers: Any, key: str) -> list[tuple[int, int]]:
     return ranges
 
 
+def _patterns(names: Any, key: str) -> list[re.Pattern[str]]:
+    """``names`` compiled; ConfigError (naming ``key.names[i]``) for a non-list, an empty or
+    invalid regular expression."""
+    if names is None:
+        return []
+    if isinstance(names, (str, bytes)) or not hasattr(names, "__iter__"):
+        raise ConfigError(f"{key}.names={names!r}: give a list of regular expressions, e.g. ['.*q_proj.*']")
+    compiled = []
+    for i, pattern in enumerate(names):
+        if not isinstance(pattern, str) or not pattern:
+            raise ConfigError(f"{key}.names[{i}]={pattern!r}: give a non-empty regular expression (a string)")
+        try:
+            compiled.append(re.compile(pattern))
+        except re.error as exc:
+            raise ConfigError(f"{key}.names[{i}]={pattern!r} is not a valid regular expression: {exc}") from None
+    return compiled
+
+
+def _closest_names(pattern: str, names: list[str], n: int = 3) -> list[str]:
+    """The ``n`` parameter names (layer indices written ``<i>``) whose dotted components best
+    resemble the words of ``pattern``: the hint of a pattern that matches nothing."""
+    generic = list(dict.fromkeys(re.sub(r"\.\d+\.", ".<i>.", name) for name in names))
+    words = [w for w in re.split(r"\\.|[^A-Za-z0-9_]+", pattern) if len(w) > 1]
+    if not words:
+        return generic[:n]
+
+    def score(name: str) -> float:
+        parts = name.split(".")
+        return sum(max(difflib.SequenceMatcher(None, w, part).ratio() for part in parts) for w in words)
+    return sorted(generic, key=score, reverse=True)[:n]  # stable: ties keep model order
+
+
 def check_selection(selection: LayerSelection, key: str) -> None:
     """The checks that need no model: the grammar, ranges empty whatever the depth, module names,
     switches, a ranking file that exists. Raises ConfigError."""
@@ -144,9 +213,11 @@ def check_selection(selection: LayerSelection, key: str) -> None:
     unknown = sorted(set(selection.modules) - set(LAYER_PARTS))
     if unknown:
         raise ConfigError(f"{key}.modules: unknown part(s) {unknown}; choose from {list(LAYER_PARTS)}")
-    if selection.layers is None and selection.first is None and selection.last is None \
-            and selection.from_analysis is None and not (selection.embeddings or selection.lm_head or selection.final_norm):
-        raise ConfigError(f"{key} selects nothing: set layers, first or last (or embeddings, lm_head, final_norm)")
+    patterns = _patterns(selection.names, key)
+    if not _chooses_layers(selection) and not patterns \
+            and not (selection.embeddings or selection.lm_head or selection.final_norm):
+        raise ConfigError(f"{key} selects nothing: set layers, first or last (or names, embeddings, lm_head, "
+                          "final_norm)")
 
 
 def resolve_layers(selection: LayerSelection, depth: int, key: str = "method.trainable") -> list[int]:
@@ -207,7 +278,10 @@ def select_parameters(model: nn.Module, selection: LayerSelection, key: str = "m
     if selection.lm_head and layout.tied and not selection.embeddings:
         raise ConfigError(f"{key}.lm_head=true on a model whose lm_head is tied to the input embedding: "
                           f"training it trains the embedding too; set {key}.embeddings=true as well (or neither)")
-    layers = set(resolve_layers(selection, layout.num_layers, key))
+    patterns = _patterns(selection.names, key)
+    by_layer = _chooses_layers(selection)  # then the patterns filter the chosen layers
+    layers = set(range(layout.num_layers)) if patterns and not by_layer else \
+        set(resolve_layers(selection, layout.num_layers, key))
     if selection.from_analysis is not None:
         from xlt_runner.analysis import AnalysisError, check_ranking_model
         try:
@@ -215,11 +289,40 @@ def select_parameters(model: nn.Module, selection: LayerSelection, key: str = "m
         except AnalysisError as exc:
             raise ConfigError(f"{key}.from_analysis: {exc}") from None
     outside = {"embeddings": selection.embeddings, "lm_head": selection.lm_head, "final_norm": selection.final_norm}
-    chosen = []
-    for name, _ in model.named_parameters():
+
+    def in_scope(name: str) -> bool:
+        """Whether the patterns may choose ``name``: a part in ``modules`` of a chosen layer, or,
+        with no layer key, any parameter outside the layers too."""
         layer, part = parameter_part(name, layout)
-        if (layer in layers and part in selection.modules) or (layer is None and outside.get(part, False)):
+        return part in selection.modules and layer in layers if layer is not None else not by_layer
+
+    names = [n for n, _ in model.named_parameters()]
+    canonical = {id(p): n for n, p in model.named_parameters()}  # a tied lm_head.weight is an alias
+    aliases = {n: canonical[id(p)] for n, p in model.named_parameters(remove_duplicate=False) if canonical[id(p)] != n}
+    matched = {n for n in names + list(aliases) if in_scope(n) and any(p.fullmatch(n) for p in patterns)}
+    chosen = []
+    for name in names:
+        layer, part = parameter_part(name, layout)
+        by_spec = name in matched if patterns else layer in layers and part in selection.modules
+        if by_spec or (layer is None and outside.get(part, False)):
             chosen.append(name)
+    for i, pattern in enumerate(patterns):
+        hits = [n for n in names + list(aliases) if pattern.fullmatch(n)]
+        where = f"{key}.names[{i}]={pattern.pattern!r}"
+        if not hits:
+            raise ConfigError(f"{where} matches no parameter of {type(model).__name__} (a full match of the whole "
+                              f"name); closest names: {_closest_names(pattern.pattern, names)}")
+        if not any(n in matched for n in hits):
+            scope = (f"layers {sorted(layers)} × modules {list(selection.modules)}: with layers/first/last/"
+                     "from_analysis given, names only filter the chosen layers (select the others in a "
+                     "selection of their own)" if by_layer else
+                     f"modules {list(selection.modules)}: inside a layer, names only choose those parts")
+            raise ConfigError(f"{where} matches {len(hits)} parameter(s), e.g. {hits[:3]}, but none in this "
+                              f"selection's {scope}")
+        for alias in (n for n in hits if n in aliases and n in matched and aliases[n] not in chosen):
+            raise ConfigError(f"{where} picks {alias}, which is tied to {aliases[alias]} on this model "
+                              f"(one matrix): training it trains that too; select {aliases[alias]} as well "
+                              f"({key}.embeddings=true or a pattern), or neither")
     if not chosen:
         raise ConfigError(f"{key} selects no parameter of {type(model).__name__} (layers {sorted(layers)}, "
                           f"modules {list(selection.modules)})")
@@ -239,6 +342,24 @@ class ParameterPartitions:
         parts = [*self.members.items(), ("uncovered (frozen)", self.uncovered)]
         return "; ".join(f"{name}: {len(names)} tensors, {sum(sizes[n] for n in names):,} parameters"
                          for name, names in parts)
+
+
+def partitions_of(cfg) -> dict[str, list[LayerSelection]]:
+    """``method.partitions`` as :class:`LayerSelection` s (Hydra keeps a preset's entries as plain
+    mappings); ConfigError for a key the layer grammar does not have."""
+    from omegaconf import DictConfig, OmegaConf
+    known = [f.name for f in fields(LayerSelection)]
+    out = {}
+    for name, selections in cfg.partitions.items():
+        out[name] = []
+        for i, selection in enumerate(selections or []):
+            data = OmegaConf.to_container(selection) if isinstance(selection, DictConfig) else dict(selection)
+            unknown = sorted(set(data) - set(known))
+            if unknown:
+                raise ConfigError(f"method.partitions.{name}[{i}] has unknown key(s) {unknown}; the layer grammar "
+                                  f"has {', '.join(known)}")
+            out[name].append(LayerSelection(**data))
+    return out
 
 
 def check_partitions(partitions: Any, key: str = "method.partitions") -> None:

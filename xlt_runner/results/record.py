@@ -99,11 +99,13 @@ class RunRecord:
     primary_metric: str = UNSET
     method_family: str = UNSET
     init_from: dict[str, str] = UNSET  # {"path", "sha256"} of the weights method.init_from resolved to
+    merge: dict[str, Any] = UNSET  # layer_swap: the experts (path, sha256, method), the rule, tensors per source
     pooling: str | None = UNSET
     resumed_from_step: int = UNSET
     training: dict[str, Any] | None = UNSET  # {"max_steps", "trained_steps", "stop_reason", "early_stopping"}
     outputs: dict[str, str] = UNSET  # artefact name -> path relative to the run directory
     subsample: dict[str, Any] = UNSET  # how an example cap drew its sample
+    train_data: dict[str, Any] = UNSET  # train_data runs: mode and each dataset's name, language, sizes
     groups_not_reported: dict[str, str] = UNSET  # group -> why it has no mean
     zero_shot_per_language: dict[str, dict[str, float]] = UNSET  # target_fit: the scores before tuning
     target_phases: dict[str, dict[str, Any]] = UNSET  # target_fit: each language's best and training

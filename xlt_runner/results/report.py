@@ -29,6 +29,11 @@ Terms used here:
   fine-tuning and the XPE paper's per-group means, for accuracy; see
   :mod:`xlt_runner.data.sib200_references`).
 
+* **treatments table** (``--treatments``, :func:`treatment_table`): the layout of Table 1 of
+  Bandarkar et al. (MRL 2025): a row per treatment (:func:`treatment_of`), Full and LoRA columns,
+  each with the mean over the target languages (one run per language) and English, per
+  (model, benchmark).
+
 CIs are 95% Student-t half-widths over seeds, in the units shown.
 """
 from __future__ import annotations
@@ -130,6 +135,35 @@ def _cell_labels(rows: list[dict], identities: dict[str, dict]) -> None:
 LEGACY_PROBE_GROUP = "langid_probe"
 #: The task kind of records written before they named one.
 LEGACY_TASK = "classification"
+#: The suffix of the LoRA treatment presets (``conf/treatment/<treatment>_lora.yaml``).
+LORA_SUFFIX = "_lora"
+
+
+def treatment_of(record: dict) -> tuple[str, str]:
+    """``(row, tuning)`` of a run in the ``--treatments`` table (:func:`treatment_table`).
+
+    ``tuning`` is ``"lora"`` when the run tuned LoRA adapters, by any of: its method family is
+    ``lora`` (``config.method.family``, or the record's ``method_family``); its method config has
+    a ``lora`` section that is not null (``partition_sft`` with adapters); it merged LoRA experts
+    (``merge.kind == "lora"``, a ``layer_swap`` of adapters). Otherwise ``"full"`` (a ``prompting``
+    run too, which tunes nothing).
+
+    ``row`` is the record's method name (``config.method.name``, e.g. ``math_only``), less a
+    trailing ``_lora`` for a LoRA run: the LoRA treatment presets are named
+    ``<treatment>_lora``, so ``math_only`` and ``math_only_lora`` are one row, with a Full and a
+    LoRA cell. A full run keeps its name as it is, even one ending in ``_lora``.
+    """
+    config = record.get("config")
+    method = config.get("method") if isinstance(config, dict) else None
+    method = method if isinstance(method, dict) else {}
+    merge = record.get("merge")
+    lora = (method.get("family") == "lora" or record.get("method_family") == "lora"
+            or method.get("lora") is not None
+            or (isinstance(merge, dict) and merge.get("kind") == "lora"))
+    name = str(record.get("method") or method.get("name"))
+    if lora and name.endswith(LORA_SUFFIX) and len(name) > len(LORA_SUFFIX):
+        name = name[:-len(LORA_SUFFIX)]
+    return name, "lora" if lora else "full"
 
 
 def _record_view(record: dict) -> dict[str, Any]:
@@ -178,7 +212,8 @@ def collect_runs(root: str | os.PathLike) -> pd.DataFrame:
     ("Type: message" or None), overrides (list), task, metrics (name -> MetricSpec),
     primary_metric, groups, groups_not_reported (as :func:`_record_view` reads them),
     group_members, per_language (the record's dicts), benchmark_data_dir (the record's
-    ``config.benchmark.data_dir`` or None). Rows are sorted by run_dir.
+    ``config.benchmark.data_dir`` or None), target_languages (the record's list), treatment and
+    tuning (:func:`treatment_of`). Rows are sorted by run_dir.
 
     ``status`` is the record's, except ``"dead"`` for a ``running`` record whose process is
     gone (``error`` then says why, see :func:`dead_run_reason`) and ``"unreadable"`` for a file
@@ -228,11 +263,14 @@ def collect_runs(root: str | os.PathLike) -> pd.DataFrame:
             "group_members": record.get("group_members") or {},
             "per_language": record.get("per_language") or {},
             "benchmark_data_dir": benchmark_config.get("data_dir") if isinstance(benchmark_config, dict) else None,
+            "target_languages": list(record.get("target_languages") or []),
+            **dict(zip(("treatment", "tuning"), treatment_of(record))),
         })
     _cell_labels(rows, identities)
     columns = ["run_dir", "status", "run_id", "sweep_name", "method", *BLOCK_COLUMNS, "seed", "cell",
                "cell_label", "cell_name", "started_at", "finished_at", "error", "overrides", "task", "metrics",
-               "primary_metric", "groups", "groups_not_reported", "group_members", "per_language", "benchmark_data_dir"]
+               "primary_metric", "groups", "groups_not_reported", "group_members", "per_language", "benchmark_data_dir",
+               "target_languages", "treatment", "tuning"]
     return pd.DataFrame(rows + unreadable, columns=columns).sort_values("run_dir", ignore_index=True)
 
 
@@ -607,6 +645,239 @@ def benchmark_reference_rows(runs: pd.DataFrame, groups: list[str], spec: Metric
     return pd.DataFrame(rows), list(dict.fromkeys(notes))
 
 
+# ------------------------------------------------------------------ treatments table
+#: Row order of the ``--treatments`` table: the treatments of Bandarkar et al. (MRL 2025) as its
+#: Table 1 lists them, the Layer-Swapping merges, then the ``prompting`` baseline; any other row
+#: name follows, alphabetically.
+TREATMENT_ORDER = ("math_only", "language_only", "data_mixing", "partition_sft", "math_partial", "language_partial",
+                   "layer_swap_full", "layer_swap_partial", "layer_swap_reset", "prompting")
+#: The test language a ``--treatments`` table shows apart (its ``en`` columns, the math-only
+#: signal); every other test language of a run is one of its target languages.
+ENGLISH = "en"
+#: Column groups of the ``--treatments`` table, and their headings.
+TUNINGS = {"full": "Full", "lora": "LoRA"}
+#: Columns of each tuning: the mean over the target languages, and English.
+TREATMENT_COLUMNS = ("target", "en")
+
+
+@dataclass
+class TreatmentTable(GroupTable):
+    """The ``--treatments`` table (:func:`treatment_table`): one row per (model, benchmark,
+    treatment, tuning, column).
+
+    ``rows`` columns: model, benchmark, target_languages (the block's, comma-joined), treatment,
+    tuning (``full``/``lora``), column (``target``/``en``), group (``<tuning>:<column>``, one of
+    ``groups``), methods (the method names merged into the row's cell), languages_averaged
+    (comma-joined: the row's target languages), n_languages, metric, n_seeds, seeds,
+    seeds_left_out (seeds of the cell not averaged: without a value in one of the row's
+    languages, in neither column; without an English value, in ``en``), mean, ci_half_width
+    (units shown), footnote (the cell's footnote text or None), best, p_vs_best,
+    why_no_p_vs_best, task, higher_is_better, percent.
+    """
+
+    @property
+    def footnotes(self) -> list[str]:
+        """The distinct footnote texts, in table order (footnote k is text k-1)."""
+        return list(dict.fromkeys(self.rows["footnote"].dropna())) if len(self.rows) else []
+
+
+def _treatment_order(name: str) -> tuple[int, str]:
+    return (TREATMENT_ORDER.index(name), "") if name in TREATMENT_ORDER else (len(TREATMENT_ORDER), name)
+
+
+def _run_target_languages(run: Any) -> list[str]:
+    """A run's test languages other than English: its record's ``target_languages``, or (a
+    record without them) its per-language results' languages."""
+    targets = run.target_languages if isinstance(run.target_languages, list) and run.target_languages \
+        else list(run.per_language)
+    return [lang for lang in dict.fromkeys(targets) if lang != ENGLISH]
+
+
+def _seed_order(seed: Any) -> tuple:
+    return (0, seed, "") if isinstance(seed, (int, float)) else (1, 0, str(seed))
+
+
+def _seeds_text(seeds: dict[Any, str]) -> str:
+    return ", ".join(f"seed {seed} ({seeds[seed]})" for seed in sorted(seeds, key=_seed_order))
+
+
+def treatment_table(df: pd.DataFrame, metric: str | None = None) -> TreatmentTable:
+    """Table 1 of Bandarkar et al. (MRL 2025): ``metric`` (default: the primary one) per
+    treatment × Full/LoRA, averaged over the target languages, with 95% CIs over seeds.
+
+    ``df`` holds runs of one task kind (:class:`ReportError` otherwise); only complete runs count
+    (:func:`complete_runs`). Each run tests English and (usually) one target language; a run's
+    row and Full/LoRA column are :func:`treatment_of`'s. Blocks are (model, benchmark): the
+    target languages are not a block column, since a sweep fans out over them.
+
+    Per (block, row, tuning) cell and seed:
+
+    * ``target``: the mean of ``metric`` over the **row's** target languages (the union of the
+      target languages of its runs with a value, Full and LoRA together), each from the seed's
+      run testing it; English is never among them. A seed without such a value in one of the
+      row's languages (a run missing, failed, or undefined there) is **left out of the cell**
+      (both columns) and named in the cell's footnote: a seed is never averaged over fewer
+      languages. A row whose languages are fewer than its block's says so in the footnote too.
+    * ``en``: the mean of the seed's runs' English ``metric`` (the runs of its target value);
+      a seed with a run without an English value is left out of this column, footnoted.
+
+    The cell is ``mean_ci`` over those per-seed values (units shown). The best mean of each
+    column within a block, in the metric's direction, is ``best`` (ties all best), and every
+    other cell gets Welch's p against it. Two runs of a row, tuning and seed testing the same
+    language (cells differing in config, e.g. two learning rates) raise :class:`ReportError`.
+    """
+    runs = complete_runs(df)
+    task = _task_kind(runs)
+    spec = metric_spec(runs, metric)
+    # (model, benchmark, row, tuning) -> seed -> {"langs": lang -> (value, run), "en": [value or None]}
+    cells: dict[tuple, dict[Any, dict]] = {}
+    methods: dict[tuple, list[str]] = {}
+    full_named_lora: set[str] = set()
+    for run in runs.itertuples():
+        if spec.name not in run.metrics:
+            continue
+        key = (run.model, run.benchmark, run.treatment, run.tuning)
+        entry = cells.setdefault(key, {}).setdefault(run.seed, {"langs": {}, "en": []})
+        methods.setdefault(key, [])
+        if run.method not in methods[key]:
+            methods[key].append(run.method)
+        if run.tuning == "full" and run.treatment.endswith(LORA_SUFFIX):
+            full_named_lora.add(run.treatment)
+        for lang in _run_target_languages(run):
+            scores = run.per_language.get(lang)
+            value = scores.get(spec.name) if isinstance(scores, dict) else None
+            if value is None:
+                continue
+            if lang in entry["langs"]:
+                other = entry["langs"][lang][1]
+                raise ReportError(
+                    f"treatment {run.treatment} ({TUNINGS[run.tuning]}) of model={run.model}, "
+                    f"benchmark={run.benchmark} has two runs of seed {run.seed} testing {lang}, whose configs differ "
+                    f"({other.cell_label}: {other.run_dir}; {run.cell_label}: {run.run_dir}): the treatments table "
+                    "cannot tell them apart. Report a subset with one of them (e.g. one sweep directory).")
+            entry["langs"][lang] = (spec.display(float(value)), run)
+        english = run.per_language.get(ENGLISH)
+        english = english.get(spec.name) if isinstance(english, dict) else None
+        entry["en"].append(None if english is None else spec.display(float(english)))
+    row_languages: dict[tuple, set[str]] = {}
+    block_languages: dict[tuple, set[str]] = {}
+    for (model, benchmark, row, _), seeds in cells.items():
+        found = {lang for entry in seeds.values() for lang in entry["langs"]}
+        row_languages.setdefault((model, benchmark, row), set()).update(found)
+        block_languages.setdefault((model, benchmark), set()).update(found)
+    rows = []
+    for key, seeds in cells.items():
+        model, benchmark, row, tuning = key
+        languages = sorted(row_languages[(model, benchmark, row)])
+        left_out = {seed: "no " + ", ".join(sorted(set(languages) - set(entry["langs"])))
+                    for seed, entry in seeds.items() if set(entry["langs"]) != set(languages)}
+        if not languages:
+            left_out = {seed: "no target language" for seed in seeds}
+        kept = sorted((seed for seed in seeds if seed not in left_out), key=_seed_order)
+        no_english = {seed: "no en" for seed in kept if not seeds[seed]["en"] or None in seeds[seed]["en"]}
+        per_column = {"target": {seed: sum(seeds[seed]["langs"][lang][0] for lang in languages) / len(languages)
+                                 for seed in kept},
+                      "en": {seed: sum(seeds[seed]["en"]) / len(seeds[seed]["en"])
+                             for seed in kept if seed not in no_english}}
+        parts = []
+        missing_in_row = sorted(block_languages[(model, benchmark)] - set(languages))
+        if missing_in_row:
+            parts.append(f"averages {', '.join(languages) or 'no language'} only (no {', '.join(missing_in_row)} "
+                         f"run of {row})")
+        if left_out:
+            parts.append(f"left out, not averaged over fewer languages: {_seeds_text(left_out)}")
+        if no_english:
+            parts.append(f"left out of en: {_seeds_text(no_english)}")
+        footnote = f"{row}, {TUNINGS[tuning]}: " + "; ".join(parts) + "." if parts else None
+        for column in TREATMENT_COLUMNS:
+            values_by_seed = per_column[column]
+            values = list(values_by_seed.values())
+            mean, half_width = mean_ci(values, CONFIDENCE)
+            rows.append({"model": model, "benchmark": benchmark,
+                         "target_languages": ", ".join(sorted(block_languages[(model, benchmark)])),
+                         "treatment": row, "tuning": tuning, "column": column, "group": f"{tuning}:{column}",
+                         "methods": ", ".join(methods[key]), "languages_averaged": ", ".join(languages),
+                         "n_languages": len(languages), "metric": spec.name, "n_seeds": len(values),
+                         "seeds": list(values_by_seed), "seeds_left_out": sorted(
+                             set(left_out) | (set(no_english) if column == "en" else set()), key=_seed_order),
+                         "values": values, "mean": mean, "ci_half_width": half_width, "footnote": footnote})
+    columns = ["model", "benchmark", "target_languages", "treatment", "tuning", "column", "group", "methods",
+               "languages_averaged", "n_languages", "metric", "n_seeds", "seeds", "seeds_left_out", "values", "mean",
+               "ci_half_width", "footnote"]
+    table = pd.DataFrame(rows, columns=columns)
+    if len(table):
+        table = table.iloc[sorted(range(len(table)), key=lambda i: (
+            table.at[i, "model"], table.at[i, "benchmark"], _treatment_order(table.at[i, "treatment"]),
+            list(TUNINGS).index(table.at[i, "tuning"]), TREATMENT_COLUMNS.index(table.at[i, "column"])))]
+        table = table.reset_index(drop=True)
+    table = table.assign(best=False, p_vs_best=math.nan, why_no_p_vs_best=None)
+    for _, column in table[table["mean"].notna()].groupby(["model", "benchmark", "group"], sort=False):
+        top = spec.best(column["mean"].tolist())
+        best_index = column.index[column["mean"].apply(lambda m: math.isclose(m, top))]
+        table.loc[best_index, "best"] = True
+        _welch_tests(table, column.index.difference(best_index), best_index[0], "p_vs_best")
+    table = table.assign(task=task, higher_is_better=spec.higher_is_better, percent=spec.percent)
+    notes = [f"warning: {name} runs are not LoRA by their config (method.family, method.lora, merge.kind): they "
+             f"are in the Full column of a row {name}." for name in sorted(full_named_lora)]
+    return TreatmentTable(spec=spec, task=task, groups=[f"{t}:{c}" for t in TUNINGS for c in TREATMENT_COLUMNS],
+                          rows=table.drop(columns="values"), notes=notes)
+
+
+def treatment_rows(table: TreatmentTable, style: str) -> tuple[list[str], list[list[str]], dict[str, str]]:
+    """(header, body rows, constants) of a :class:`TreatmentTable`: one row per (model, benchmark,
+    treatment); per tuning (Full, LoRA) a target-languages column and an ``en`` column. The
+    ``tex`` header names only ``target``/``en`` (:func:`format_latex` adds the Full/LoRA line)."""
+    rows = table.rows.assign(note=None, coverage=None)  # what format_cell reads of a group table's cell
+    block = ("model", "benchmark", "target_languages")
+    constants = {c: str(rows[c].iloc[0]) for c in block if rows[c].nunique() == 1} if len(rows) else {}
+    label_columns = [c for c in block if c not in constants] + ["treatment"]
+    down = "" if table.spec.higher_is_better else r" $\downarrow$" if style == "tex" else " ↓"
+    names = {"target": "target" if style == "tex" else "target (mean over languages)", "en": "en"}
+    header = label_columns + [(names[c] if style == "tex" else f"{TUNINGS[t]}: {names[c]}") + down
+                              for t in TUNINGS for c in TREATMENT_COLUMNS]
+    footnotes = table.footnotes
+    body = []
+    for _, row_rows in rows.groupby(["model", "benchmark", "treatment"], sort=False):
+        by_group = {row["group"]: row for _, row in row_rows.iterrows()}
+        first = row_rows.iloc[0]
+        cells = []
+        for group in table.groups:
+            row = by_group.get(group)
+            detail, marker = "", ""
+            if row is not None:
+                if row["column"] == "target" and row["n_seeds"]:
+                    detail = f"; {row['n_languages']} lang" + ("s" if row["n_languages"] != 1 else "")
+                if pd.notna(row["footnote"]):
+                    marker = _footnote_marker(footnotes.index(row["footnote"]) + 1, style)
+            cells.append(format_cell(row, style, decimals=table.decimals, detail=detail, marker=marker))
+        body.append([str(first[c]) for c in label_columns] + cells)
+    return header, body, {c.replace("_", " "): v for c, v in constants.items()}
+
+
+def _treatment_legend(table: TreatmentTable) -> str:
+    rows, metric = table.rows, table.spec.name
+    parts = [f"{metric_title(table.spec)} by treatment: one row per treatment (a run's method; a LoRA run's row is "
+             f"its method without the trailing {LORA_SUFFIX}), Full and LoRA columns (LoRA: method family lora, "
+             "a method.lora section, or a merge of LoRA experts).",
+             f"target = per seed, the unweighted mean of {metric} over the row's target languages (one run per "
+             "language; English never averaged in); en = per seed, the mean of the English "
+             f"{metric} of the same runs; each then mean ± {CONFIDENCE:.0%} CI half-width (Student t, n-1 dof) over "
+             "seeds; no ± when n=1.",
+             "(n=k; m langs) = k seeds, each the mean of m languages. A seed without a complete run in every one of "
+             "the row's languages is left out of both columns of its cell (footnoted), never averaged over fewer "
+             "languages; failed/running runs are never averaged in.",
+             "Bold = best mean of the column among the treatments of the same model/benchmark; p = two-sided Welch "
+             "unpaired t-test of the cell's seed values against the best's."]
+    if (rows["n_seeds"] == 1).any():
+        parts.append("(n=1: no test) = one seed, so no Welch test involves this cell.")
+    if rows["why_no_p_vs_best"].eq(ZERO_VARIANCE).any():
+        parts.append("p undefined (zero variance) = each of the two cells scores the same on all its seeds, so "
+                     "Welch's t is undefined.")
+    if not table.spec.higher_is_better:
+        parts.append("↓ = lower is better (the best is the lowest mean).")
+    return " ".join(parts)
+
+
 SUPERSCRIPT_DIGITS = str.maketrans("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹")
 
 
@@ -624,28 +895,31 @@ def _format_p(p: float) -> str:
 
 
 def format_cell(row: pd.Series | None, style: str, compare_to: str | None = None,
-                reasons: list[str] | None = None, decimals: int = 1) -> str:
+                reasons: list[str] | None = None, decimals: int = 1, detail: str = "", marker: str = "") -> str:
     """One table cell, style md | tex | rich: ``mean ± ci (n=k)`` (``decimals`` places) with bold best and Welch p
     (``p=… vs best; p=… vs <compare_to>`` when ``compare_to`` is given), ``(n=1: no test)``
     for one seed, ``mean (paper[, k/n langs])`` for a reference row, ``n/r`` plus the footnote
-    number of its reason in ``reasons`` for a group not reported, ``–`` for no data."""
+    number of its reason in ``reasons`` for a group not reported, ``–`` for no data.
+    ``detail`` is added inside the parentheses of n (``(n=3; 3 langs)``), ``marker`` (a
+    footnote marker) right after the value or ``–``."""
     if row is None:
-        return "–" if style != "tex" else "--"
+        return ("–" if style != "tex" else "--") + marker
     if pd.notna(row["note"]):
         return "n/r" + _footnote_marker((reasons or []).index(row["note"]) + 1, style)
     if not math.isfinite(row["mean"]):
-        return "–" if style != "tex" else "--"
+        return ("–" if style != "tex" else "--") + marker
     small = (lambda text: rf" {{\scriptsize {text}}}") if style == "tex" else (lambda text: f" {text}")
     pm = r"$\pm$" if style == "tex" else "±"
     text = f"{row['mean']:.{decimals}f}" + (f" {pm} {row['ci_half_width']:.{decimals}f}"
                                            if math.isfinite(row["ci_half_width"]) else "")
     if row["best"]:
         text = {"md": f"**{text}**", "tex": rf"\textbf{{{text}}}", "rich": f"[bold]{text}[/bold]"}[style]
+    text += marker
     if row["n_seeds"] == 0:  # a published reference number, not a run of ours
         return text + small(f"(paper, {row['coverage']})" if pd.notna(row["coverage"]) else "(paper)")
     if row["n_seeds"] == 1:
-        return text + small("(n=1: no test)")
-    text += small(f"(n={row['n_seeds']})" if style != "tex" else f"({row['n_seeds']})")
+        return text + small(f"(n=1: no test{detail})")
+    text += small(f"(n={row['n_seeds']}{detail})" if style != "tex" else f"({row['n_seeds']}{detail})")
     tests = [("best", "p_vs_best")] + ([(compare_to, "p_vs_reference")] if compare_to else [])
     parts = []
     for against, column in tests:
@@ -663,8 +937,11 @@ def wide_rows(table: GroupTable, style: str) -> tuple[list[str], list[list[str]]
     lower-is-better metric every group header is marked ↓ (tex: ``$\\downarrow$``).
 
     Block columns (model/benchmark/languages) whose value is the same everywhere are left
-    out of the rows and returned in ``constants`` instead.
+    out of the rows and returned in ``constants`` instead. A :class:`TreatmentTable` is laid out
+    by :func:`treatment_rows`.
     """
+    if isinstance(table, TreatmentTable):
+        return treatment_rows(table, style)
     rows = table.rows
     constants = {c: str(rows[c].iloc[0]) for c in BLOCK_COLUMNS if rows[c].nunique() == 1} if len(rows) else {}
     label_columns = [c for c in BLOCK_COLUMNS if c not in constants] + ["method"]
@@ -683,6 +960,8 @@ def wide_rows(table: GroupTable, style: str) -> tuple[list[str], list[list[str]]
 
 
 def _footnotes(table: GroupTable, style: str) -> list[str]:
+    if isinstance(table, TreatmentTable):
+        return [f"{_footnote_marker(number, style)} {text}" for number, text in enumerate(table.footnotes, start=1)]
     return [f"{_footnote_marker(number, style)} n/r: not reported: {reason}"
             for number, reason in enumerate(not_reported_reasons(table), start=1)]
 
@@ -693,6 +972,8 @@ def metric_title(spec: MetricSpec) -> str:
 
 
 def _legend(table: GroupTable) -> str:
+    if isinstance(table, TreatmentTable):
+        return _treatment_legend(table)
     rows, reference = table.rows, table.compare_to
     per = ("test language (the languages a cell trained on included; a seed whose value is undefined, e.g. a "
            "ratio with no question to rest on, is left out of n)" if table.by_language else "report group")
@@ -746,8 +1027,14 @@ def format_latex(table: GroupTable) -> str:
     lines = [f"% {_legend(table)}"]
     lines += [f"% {line}" for line in _footnotes(table, "tex")]
     lines += [f"% {k}: {v}" for k, v in constants.items()]
-    lines += [r"\begin{tabular}{" + "l" * n_labels + "r" * len(table.groups) + "}", r"\toprule",
-              " & ".join(escape_labels(header)) + r" \\", r"\midrule"]
+    lines += [r"\begin{tabular}{" + "l" * n_labels + "r" * len(table.groups) + "}", r"\toprule"]
+    if isinstance(table, TreatmentTable):  # Full / LoRA over their target and en columns
+        width = len(TREATMENT_COLUMNS)
+        lines += [" & " * n_labels + " & ".join(rf"\multicolumn{{{width}}}{{c}}{{{name}}}"
+                                                for name in TUNINGS.values()) + r" \\",
+                  " ".join(rf"\cmidrule(lr){{{n_labels + 1 + i * width}-{n_labels + (i + 1) * width}}}"
+                           for i in range(len(TUNINGS)))]
+    lines += [" & ".join(escape_labels(header)) + r" \\", r"\midrule"]
     lines += [" & ".join(escape_labels(cells)) + r" \\" for cells in body]
     lines += [r"\bottomrule", r"\end{tabular}", ""]
     return "\n".join(lines)
@@ -760,7 +1047,8 @@ def write_tables(table: GroupTable, out_dir: str | os.PathLike, suffix: str = ""
     return their paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    frame = table.rows.assign(seeds=table.rows["seeds"].apply(lambda seeds: ";".join(map(str, seeds))))
+    frame = table.rows.assign(**{column: table.rows[column].apply(lambda seeds: ";".join(map(str, seeds)))
+                                 for column in ("seeds", "seeds_left_out") if column in table.rows})
     paths = [out / f"report{suffix}.{extension}" for extension in ("csv", "md", "tex")]
     write_text_atomic(paths[0], frame.to_csv(index=False))
     write_text_atomic(paths[1], format_markdown(table))
@@ -1043,12 +1331,15 @@ def _log_to_wandb(root: Path, out: Path, reports: list[tuple[str, GroupTable, Pa
 
 
 def report_main(argv: list[str] | None = None) -> int:
-    """``xlt-report PATH [--out DIR] [--metric NAME] [--compare-to METHOD] [--paper-results TSV] [--wandb]``.
+    """``xlt-report PATH [--out DIR] [--metric NAME] [--compare-to METHOD] [--paper-results TSV]
+    [--by-language | --treatments] [--wandb]``.
 
     One table set (tables, plot) per task kind of the complete runs, each for ``--metric``
     (default: the kind's primary metric); with several kinds, file names end in ``_<kind>``
     and a kind whose records lack ``--metric`` is left out with a note. The sweep status and
-    the per-language export cover every run.
+    the per-language export cover every run. ``--treatments`` writes :func:`treatment_table`
+    instead of the group table (``report_treatments.*``; with ``--by-language`` or
+    ``--compare-to``: exit 2).
 
     Exit codes: 0 report written; 1 no complete run under PATH; 2 PATH is not a directory,
     the ``--paper-results`` file does not exist, or the records cannot be reported as asked
@@ -1082,6 +1373,12 @@ def report_main(argv: list[str] | None = None) -> int:
                         help="one column per test language instead of per report group, the languages a cell "
                              "trained on included (in-language studies such as CoCo-CoLa's Tables 2-3); files "
                              "report_by_language.*")
+    parser.add_argument("--treatments", action="store_true",
+                        help="the layout of Table 1 of Bandarkar et al. (MRL 2025) instead: a row per treatment (a "
+                             "run's method, a LoRA run's without its trailing _lora), Full and LoRA columns, each "
+                             "with the mean over the target languages (one run per language, English left out) and "
+                             "English, mean ± 95%% CI over seeds; a seed lacking one of the row's languages is left "
+                             "out of its cell with a footnote; files report_treatments.*")
     parser.add_argument("--wandb", action="store_true", help="also log the tables and plots to wandb")
     args = parser.parse_args(argv)
     root = Path(args.path)
@@ -1089,6 +1386,11 @@ def report_main(argv: list[str] | None = None) -> int:
     if not root.is_dir():
         print(f"xlt-report: {root} is not a directory; pass the output root of your runs "
               "(e.g. outputs/ or outputs/sweeps/<sweep_name>).", file=sys.stderr)
+        return 2
+    if args.treatments and (args.by_language or args.compare_to):
+        print(f"xlt-report: error: --treatments cannot be combined with "
+              f"{'--by-language' if args.by_language else '--compare-to'}: its table has its own layout and tests "
+              "every cell against the best of its column.", file=sys.stderr)
         return 2
     if args.paper_results and not Path(args.paper_results).is_file():
         print(f"xlt-report: error: --paper-results {args.paper_results}: no such file.", file=sys.stderr)
@@ -1127,6 +1429,14 @@ def report_main(argv: list[str] | None = None) -> int:
                 console.print(f"info: no {escape(compare_to)} run among the {kind} runs: no p vs "
                               f"{escape(compare_to)} there.")
                 compare_to = None
+            if args.treatments:
+                table = treatment_table(kind_runs, args.metric)
+                if table.rows.empty:
+                    console.print(f"info: no {kind} run has a per-language {escape(table.metric)} in a test "
+                                  "language: no treatments table.")
+                    continue
+                tables.append((kind_runs, table))
+                continue
             tables.append((kind_runs, group_table(kind_runs, args.metric, compare_to, args.paper_results,
                                                   by_language=args.by_language)))
     except ReportError as exc:
@@ -1134,7 +1444,8 @@ def report_main(argv: list[str] | None = None) -> int:
         return 2
     paths, reports = [], []
     for kind_runs, table in tables:
-        suffix = (f"_{table.task}" if len(kinds) > 1 else "") + ("_by_language" if args.by_language else "")
+        suffix = (f"_{table.task}" if len(kinds) > 1 else "") + ("_by_language" if args.by_language else "") \
+            + ("_treatments" if args.treatments else "")
         for note in table.notes:
             console.print(escape(note))
         others = [name for name in metric_names(complete[complete["task"] == table.task]) if name != table.metric]
@@ -1143,7 +1454,8 @@ def report_main(argv: list[str] | None = None) -> int:
                           "--metric NAME.")
         header, body, constants = wide_rows(table, "rich")
         n_labels = len(header) - len(table.groups)
-        title = metric_title(table.spec) + (f" [{table.task}]" if len(kinds) > 1 else "")
+        title = metric_title(table.spec) + (" by treatment" if args.treatments else "") \
+            + (f" [{table.task}]" if len(kinds) > 1 else "")
         _print_table(console, escape(f"{title} " + " ".join(f"{k}={v}" for k, v in constants.items())), header,
                      [[escape(c) for c in cells[:n_labels]] + cells[n_labels:] for cells in body])
         for line in [*_footnotes(table, "rich"), _legend(table)]:

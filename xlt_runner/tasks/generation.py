@@ -45,6 +45,7 @@ class GenerationTask:
     stop_token_ids: tuple[int, ...]
     language_identifier: str
     scoring: AnswerScoring
+    train_roles: tuple[str, ...] = ()  # train_data runs: the datasets a batch's ``dataset`` indexes (ROLES)
 
     @property
     def examples(self) -> list[GenerationExample]:
@@ -80,23 +81,31 @@ class Generation(TaskKind):
         self._references: dict[tuple[str, ...], dict] = {}  # tested question ids -> parallel gold answers
 
     def datamodule(self, source: list[str], targets: list[str], max_steps: int):
+        """:class:`~xlt_runner.data.generation.GenerationDataModule`; with ``train_data``, the
+        :class:`~xlt_runner.data.sft_data.SftDataModule` that trains on its datasets."""
         from xlt_runner.data.generation import GenerationDataModule
+        from xlt_runner.data.sft_data import SftDataModule
         cfg, b = self.cfg, self.cfg.benchmark
-        return GenerationDataModule(
+        kind, extra = GenerationDataModule, {}
+        if cfg.get("train_data") is not None:
+            kind, extra = SftDataModule, {"train_data": cfg.train_data, "accumulate": cfg.trainer.accumulate_grad_batches,
+                                          "run_benchmark": b}
+        return kind(
             self.benchmark, self.backbone.tokenizer, self.prompt_format, source_languages=source,
             target_languages=targets, batch_size=b.batch_size, eval_batch_size=b.eval_batch_size,
             num_training_batches=max_steps * cfg.trainer.accumulate_grad_batches, seed=cfg.seed,
             cache_dir=cfg.paths.cache_dir, max_length=cfg.model.max_length, max_new_tokens=b.max_new_tokens,
             train_split=b.train_split, dev_split=b.dev_split, test_split=b.test_split,
             max_train_examples_per_language=b.max_train_examples_per_language,
-            max_eval_examples_per_language=b.max_eval_examples_per_language, num_workers=b.num_workers)
+            max_eval_examples_per_language=b.max_eval_examples_per_language, num_workers=b.num_workers, **extra)
 
     def method_task(self, datamodule, source: list[str]) -> GenerationTask:
         b = self.cfg.benchmark
         return GenerationTask(eval_languages=datamodule.eval_languages, source_languages=source,
                               datamodule=datamodule, max_new_tokens=b.max_new_tokens,
                               stop_strings=list(b.stop_strings), stop_token_ids=self.prompt_format.stop_token_ids,
-                              language_identifier=b.language_identifier, scoring=self.scoring)
+                              language_identifier=b.language_identifier, scoring=self.scoring,
+                              train_roles=getattr(datamodule, "roles", ()))
 
     def subsample_rule(self) -> dict:
         from xlt_runner.data.generation import SUBSAMPLE_SEED
