@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -108,3 +109,27 @@ class PeakRss:
             self.result = {"rss_before_train_mb": self.baseline / 2**20, "peak_rss_train_mb": self.peak / 2**20,
                            "peak_rss_train_delta_mb": (self.peak - self.baseline) / 2**20}
         return self.result
+
+
+#: Prefix of the line a contender subprocess prints its result on (JSON after it).
+RESULT_MARKER = "BENCH_RESULT "
+
+
+def run_contender(script: str | Path, name: str, args, keys: tuple[str, ...], extra: tuple[str, ...] = ()) -> dict:
+    """Run ``script --worker NAME`` with ``--<key> value`` for each of ``keys`` (attributes of
+    ``args``) and ``extra``, offline, with ``args.threads`` OpenMP threads, from the repository
+    root; return the JSON of its last :data:`RESULT_MARKER` line (``process_wall_s`` added), or exit
+    with its output when it fails."""
+    import time
+    cmd = [sys.executable, str(Path(script).resolve()), "--worker", name]
+    for key in keys:
+        cmd += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": str(args.threads), "WANDB_MODE": "disabled"}
+    start = time.perf_counter()
+    proc = subprocess.run([*cmd, *extra], cwd=REPO_ROOT, capture_output=True, text=True, env=env)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_MARKER)]
+    if proc.returncode != 0 or not lines:
+        sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-6000:])
+        raise SystemExit(f"error: contender {name} failed (exit {proc.returncode})")
+    return {**json.loads(lines[-1][len(RESULT_MARKER):]), "process_wall_s": time.perf_counter() - start}

@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,9 +33,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import DEFAULT_CACHE_DIR, REPO_ROOT, environment  # noqa: E402
+from common import DEFAULT_CACHE_DIR, REPO_ROOT, RESULT_MARKER, environment, run_contender  # noqa: E402
 
-RESULT_MARKER = "BENCH_RESULT "
 CONTENDERS = ("full", "partition", "bare")
 SHARED = (REPO_ROOT / ".." / "shared" / "data").resolve()
 
@@ -165,20 +162,9 @@ def worker(name: str, args: argparse.Namespace) -> dict:
 
 
 def run_worker(name: str, args: argparse.Namespace) -> dict:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", name]
-    for key in ("task_data", "language_data", "model", "partition", "cache_dir", "steps", "warmup", "batch_size",
-                "threads"):
-        cmd += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
-    if args.smoke:
-        cmd.append("--smoke")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "OMP_NUM_THREADS": str(args.threads), "WANDB_MODE": "disabled"}
-    proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, env=env)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_MARKER)]
-    if proc.returncode != 0 or not lines:
-        sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-6000:])
-        raise SystemExit(f"error: contender {name} failed (exit {proc.returncode})")
-    return json.loads(lines[-1][len(RESULT_MARKER):])
+    return run_contender(__file__, name, args, ("task_data", "language_data", "model", "partition", "cache_dir",
+                                               "steps", "warmup", "batch_size", "threads"),
+                         ("--smoke",) if args.smoke else ())
 
 
 def main(argv=None) -> int:

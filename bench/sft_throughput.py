@@ -63,20 +63,18 @@ import os
 import random
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 import warnings
 from pathlib import Path
 
-from common import DEFAULT_CACHE_DIR, REPO_ROOT, PeakRss, environment
+from common import DEFAULT_CACHE_DIR, REPO_ROOT, RESULT_MARKER, PeakRss, environment, run_contender
 
 DEFAULT_DATA_DIR = str((REPO_ROOT / ".." / "shared" / "data" / "mkqa" / "mia2022_dev").resolve())
 DATA_FILE = "mkqa-en.jsonl"
 DEV_ROWS = 16  # last rows of the file: the dev split (Lightning validates on 8 of them after the last step)
 CONTENDERS = ("a_trl", "b_plain", "c_lightning")
-RESULT_MARKER = "BENCH_RESULT "
 LANG = "en"
 
 
@@ -530,23 +528,9 @@ def worker(name: str, args: argparse.Namespace) -> dict:
 
 # ------------------------------------------------------------------------------ parent
 def run_worker(name: str, args: argparse.Namespace) -> dict:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", name, "--data-dir", args.data_dir,
-           "--model", args.model, "--cache-dir", args.cache_dir, "--steps", str(args.steps), "--warmup",
-           str(args.warmup), "--batch-size", str(args.batch_size), "--threads", str(args.threads), "--seed",
-           str(args.seed), "--trl-optim", args.trl_optim, "--output", args.output]
-    if args.lr is not None:
-        cmd += ["--lr", repr(args.lr)]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": str(args.threads), "WANDB_MODE": "disabled"}
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, env=env)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_MARKER)]
-    if proc.returncode != 0 or not lines:
-        sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-6000:])
-        raise SystemExit(f"error: contender {name} failed (exit {proc.returncode})")
-    result = json.loads(lines[-1][len(RESULT_MARKER):])
-    result["process_wall_s"] = time.perf_counter() - start
-    return result
+    return run_contender(__file__, name, args, ("data_dir", "model", "cache_dir", "steps", "warmup", "batch_size",
+                                               "threads", "seed", "trl_optim", "output"),
+                         ("--lr", repr(args.lr)) if args.lr is not None else ())
 
 
 def estimated_gflop_per_step(name: str, run: dict) -> dict:
