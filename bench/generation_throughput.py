@@ -11,11 +11,12 @@ format, fp32) greedily with ``--max-new-tokens`` (32) three ways:
   ``--batch-size`` (32) in file order; a batch stops when every row has hit end-of-turn,
   there is no stop-string handling.
 * **(c) xlt_runner**: what the generation data module and :func:`xlt_runner.generation.generate_greedy`
-  do: batches of one language each, sorted by prompt length within it, widest batch first
-  (``GroupedEvalSampler``), left padding (``PromptCollator``), the prompt start a batch's rows
-  share (chat: the system turn; MGSM: the language's exemplars) prefilled once, per-sequence
-  stopping (end-of-turn, or the first stop string after non-blank text), finished rows dropped
-  from the batch and the KV cache.
+  do: batches grouped by the prompt start they share (``prompt_prefix_groups``: on MGSM each
+  language whose prompts keep their exemplars on its own; MKQA's chat prompts share only the
+  system turn, so all languages together), sorted by prompt length within a group, widest batch
+  first (``GroupedEvalSampler``), left padding (``PromptCollator``), the prompt start a batch's
+  rows share prefilled once, per-sequence stopping (end-of-turn, or the first stop string after
+  non-blank text), finished rows dropped from the batch and the KV cache.
 
 Every side's text is cut with the same rule (:func:`xlt_runner.generation.cut_at_stop`) and
 the predictions are compared: mismatches must be 0 in fp32. Tokenisation is excluded from the
@@ -138,7 +139,7 @@ def main() -> None:
 
     from xlt_runner.composition import compose
     from xlt_runner.data.batching import GroupedEvalSampler
-    from xlt_runner.data.generation import PromptCollator, PromptFormat
+    from xlt_runner.data.generation import PromptCollator, PromptFormat, prompt_prefix_groups
     from xlt_runner.generation import cut_at_stop, generate_greedy
     from xlt_runner.models import load_backbone
 
@@ -183,8 +184,8 @@ def main() -> None:
 
     def xlt_runner_path() -> list[str]:
         texts: list[str] = [""] * len(prompts)
-        languages_of = [languages.index(row["lang"]) for row in rows]  # one language a batch, as in the runner
-        for indices in GroupedEvalSampler([len(p) for p in prompts], languages_of, args.batch_size):
+        groups = prompt_prefix_groups(prompts, [row["lang"] for row in rows])  # as the data module groups them
+        for indices in GroupedEvalSampler([len(p) for p in prompts], groups, args.batch_size):
             batch = batch_of(indices)
             outputs = generate_greedy(model, tokenizer, batch["input_ids"], batch["attention_mask"],
                                       max_new_tokens=args.max_new_tokens, stop_strings=stop_strings,
@@ -247,7 +248,8 @@ def main() -> None:
           f"empty answers: {empty}; first answers: {texts['c_xlt_runner'][:3]}")
     path = write_results("generation_throughput" + ("_mgsm" if mgsm else ""), {
         "what": f"greedy {args.benchmark} generation: one at a time vs plain batched generate vs xlt_runner "
-                "(batches of one language sorted by length, shared prompt start prefilled once, per-row stop)",
+                "(batches grouped by shared prompt start and sorted by length, shared start prefilled once, "
+                "per-row stop)",
         "model": backbone.source, "format": cfg.model.format, "dtype": cfg.model.dtype, "languages": languages,
         "questions": len(prompts), "batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens,
         "stop_strings": stop_strings, "eos_token_ids": eos, "tokenisation_in_timing": False, "repeats": args.repeats,

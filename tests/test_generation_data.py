@@ -14,7 +14,7 @@ from xlt_runner.config import ConfigError, ModelConfig
 from xlt_runner.data import GenerationExample
 from xlt_runner.data.batching import TRAINING_BATCHES_KEY, GroupedEvalSampler, SortedEvalSampler
 from xlt_runner.data.generation import (IGNORE_INDEX, GenerationDataModule, PromptFormat, check_prompt_config,
-                                        subsample_by_id)
+                                        prompt_prefix_groups, subsample_by_id)
 from xlt_runner.models.tiny import build_tiny_tokenizer
 
 # ChatML with the tiny tokenizer's specials: <s> opens a turn, </s> ends it.
@@ -211,6 +211,8 @@ def test_validation_is_teacher_forced_per_source_language(tokenizer, tmp_path):
 
 
 def test_test_batches_are_left_padded_prompts_of_one_language_sorted_by_length(tokenizer, tmp_path):
+    # SyntheticQA's questions start with their language's code: each language's prompts share a
+    # longer start than all prompts do, so each language is batched on its own
     dm = make_dm(tokenizer, tmp_path)
     dm.setup("test")
     assert [(ex.lang, ex.id) for ex in dm.eval_examples] == [(lang, f"test-{i}") for lang in ("fr", "en")
@@ -274,6 +276,41 @@ def test_test_batches_of_few_shot_prompts_share_each_languages_prefix(tokenizer,
                     "a batch's rows share their language's exemplars"
                 seen += batch["index"].tolist()
         assert sorted(seen) == list(range(60)), "every example exactly once over the ranks"
+
+
+def test_languages_that_share_only_the_template_are_batched_together_by_length(tokenizer, tmp_path):
+    """Prompts that share only what every prompt shares (a chat system turn, a template's start)
+    gain nothing from batches of one language: those are sorted by length across languages, as
+    before (less padding)."""
+
+    class TemplateOnlyQA(SyntheticQA):
+        def load(self, lang, split):
+            return [replace(ex, prompt=f"{i} {lang} {' '.join(['Europa'] * (1 + (i * 7) % 11))}?")
+                    for i, ex in enumerate(super().load(lang, split))]
+
+    dm = make_dm(tokenizer, tmp_path, benchmark=TemplateOnlyQA(sizes=(40, 10, 30)), eval_batch_size=4)
+    dm.setup("test")
+    batches = [b["index"].tolist() for b in dm.test_dataloader()]
+    assert batches == list(SortedEvalSampler(dm._datasets["test"].lengths(), 4))
+    assert any(len({dm.eval_examples[i].lang for i in b}) > 1 for b in batches)
+
+
+def test_prompt_prefix_groups_follow_the_start_a_languages_prompts_share():
+    template = [1, 7, 7]
+    shots = {"en": [20, 21, 22, 23], "zh": [30, 31, 32], "sw": [20, 21, 22, 23]}  # sw: en's exemplars
+    prompts, languages = [], []
+    for lang in ("en", "zh", "xx", "sw", "yy", "solo"):
+        for question in ([[5], [6, 6], [7, 7, 7]] if lang != "solo" else [[40, 41, 42, 43, 44]]):
+            prompts.append(template + shots.get(lang, []) + question)
+            languages.append(lang)
+    groups = prompt_prefix_groups(prompts, languages)
+    by_lang = {lang: set(groups[[i for i, x in enumerate(languages) if x == lang]].tolist()) for lang in languages}
+    assert all(len(g) == 1 for g in by_lang.values())
+    assert by_lang["en"] == by_lang["sw"], "languages with the very same exemplars share a group"
+    assert by_lang["xx"] == by_lang["yy"] == by_lang["solo"], "only the template shared: one group"
+    assert len({*by_lang["en"], *by_lang["zh"], *by_lang["xx"]}) == 3
+    assert prompt_prefix_groups([template + [5], template + [6]], ["en", "en"]).tolist() == [0, 0]
+    assert prompt_prefix_groups([], []).tolist() == []
 
 
 @pytest.mark.parametrize("world_size", [1, 2, 3])

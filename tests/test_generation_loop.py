@@ -142,3 +142,24 @@ def test_a_long_shared_few_shot_prefix_of_rows_of_different_lengths_runs_once_wi
     assert [(o.text, o.num_new_tokens) for o in outputs] == padded_reference
     assert [o.text for o in outputs] == [text for text, _ in one_at_a_time(model, tokenizer, prompts, eos, [])]
     assert len({o.text for o in outputs}) > 1, "the rows' answers differ: the suffixes reached the model"
+
+
+def test_the_preallocated_cache_layer_holds_what_concatenation_would():
+    from transformers.cache_utils import DynamicLayer
+
+    from xlt_runner.generation import _PreallocatedLayer
+    rng = torch.Generator().manual_seed(0)
+    steps = [torch.randn(1, 2, n, 4, generator=rng) for n in (3, 1, 1, 2)]  # past the capacity of 5
+    grown, plain = _PreallocatedLayer(capacity=5), DynamicLayer()
+    for step in steps[:2]:
+        keys, values = grown.update(step, -step)
+        assert torch.equal(keys, plain.update(step, -step)[0]) and torch.equal(values, -keys)
+    grown.batch_repeat_interleave(3)
+    plain.batch_repeat_interleave(3)
+    for step in steps[2:]:
+        step = step.repeat(3, 1, 1, 1) * torch.arange(1.0, 4.0)[:, None, None, None]
+        assert torch.equal(grown.update(step, -step)[0], plain.update(step, -step)[0])
+    grown.batch_select_indices(torch.tensor([2, 0]))
+    plain.batch_select_indices(torch.tensor([2, 0]))
+    assert torch.equal(grown.keys, plain.keys) and torch.equal(grown.values, plain.values)
+    assert grown.get_seq_length() == plain.get_seq_length() == 7

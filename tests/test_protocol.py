@@ -587,7 +587,7 @@ def test_partition_presets_state_the_treatments_and_find_their_experts():
     likewise, and every point of both validates."""
     from xlt_runner.cli import job_overrides
     required = ["train_data.language.path=instructions.jsonl"]
-    counts = {"partition_table1": 90, "partition_table1_swap": 36, "partition_cpu": 6, "partition_cpu_swap": 3}
+    counts = {"partition_table1": 90, "partition_table1_swap": 45, "partition_cpu": 6, "partition_cpu_swap": 4}
     treatments = {}
     for experiment, count in counts.items():
         points = job_overrides([f"experiment={experiment}"], "config", multirun=True)
@@ -600,6 +600,9 @@ def test_partition_presets_state_the_treatments_and_find_their_experts():
             treatments.setdefault(experiment, set()).add(cfg.method.name)
             assert cfg.benchmark.name == "mgsm" and cfg.languages.targets[0] == "en"
             assert cfg.languages.name == f"mgsm_{cfg.languages.targets[1]}"
+            if cfg.method.family == "prompting":
+                assert cfg.train_data is None and cfg.method.init_from is None
+                continue
             if cfg.method.family == "layer_swap":
                 assert cfg.train_data is None
                 for role in ("math_expert", "language_expert"):
@@ -622,5 +625,6 @@ def test_partition_presets_state_the_treatments_and_find_their_experts():
                                               "math_partial", "language_partial", "math_only_lora",
                                               "language_only_lora", "data_mixing_lora", "partition_sft_lora"}
     assert treatments["partition_table1_swap"] == {"layer_swap_full", "layer_swap_partial", "layer_swap_reset",
-                                                   "layer_swap_full_lora"}
-    assert treatments["partition_cpu_swap"] == {"layer_swap_full", "layer_swap_partial", "layer_swap_reset"}
+                                                   "layer_swap_full_lora", "prompting"}
+    assert treatments["partition_cpu_swap"] == {"layer_swap_full", "layer_swap_partial", "layer_swap_reset",
+                                                "prompting"}

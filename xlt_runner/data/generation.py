@@ -6,10 +6,11 @@ the prompt tokens that generation sees. :class:`GenerationDataModule` mirrors
 :class:`~xlt_runner.data.classification.ClassificationDataModule`: training mixes the train
 splits of all source languages (length-grouped batches, a pure function of (seed, batch
 index)); validation is the teacher-forced loss on the source languages' dev splits; test and
-predict give left-padded prompts of every target language in one pass, in batches of one
-language each (so a batch's rows share the language's prompt start, e.g. few-shot exemplars,
-which generation prefills once per batch), sorted by length within the language, widest batch
-first, and sharded by rank without padding
+predict give left-padded prompts of every target language in one pass, in batches grouped by
+the prompt start they share (a language whose prompts share more than all prompts do, e.g. its
+few-shot exemplars, is batched on its own, so generation prefills that start once per batch;
+the other languages are batched together: :func:`prompt_prefix_groups`), sorted by length
+within a group, widest batch first, and sharded by rank without padding
 (:class:`~xlt_runner.data.batching.GroupedEvalSampler`), each batch carrying ``index`` (into
 :attr:`GenerationDataModule.eval_examples`) and ``lang`` (into ``eval_languages``).
 """
@@ -327,6 +328,36 @@ class PromptCollator:
                 "lang": torch.tensor([lang for _, _, lang, _ in items], dtype=torch.long)}
 
 
+def _common_prefix_length(prompts: Sequence[np.ndarray]) -> int:
+    """How many tokens every one of ``prompts`` starts with."""
+    shortest = min(len(p) for p in prompts)
+    heads = np.stack([np.asarray(p[:shortest]) for p in prompts])
+    differs = np.flatnonzero((heads != heads[:1]).any(axis=0))
+    return int(differs[0]) if len(differs) else shortest
+
+
+def prompt_prefix_groups(prompts: Sequence[Sequence[int]], languages: Sequence) -> np.ndarray:
+    """The batch group of every prompt (for :class:`~xlt_runner.data.batching.GroupedEvalSampler`),
+    by the prompt start it shares: a language whose prompts all start with more tokens than every
+    prompt does (its few-shot exemplars, an instruction in the language) forms a group of its own,
+    and languages with the very same start share one; the other languages (their prompts share
+    only what all share, e.g. a chat template's system turn, or a language has one prompt) form one
+    group, sorted by length across them as before. Group ids count from 0 in order of first appearance."""
+    if len(prompts) == 0:
+        return np.zeros(0, dtype=np.int64)
+    languages = np.asarray(languages)
+    common = _common_prefix_length(prompts)
+    keys: dict[object, int] = {}
+    groups = np.empty(len(prompts), dtype=np.int64)
+    _, first = np.unique(languages, return_index=True)
+    for lang in languages[np.sort(first)]:
+        members = np.flatnonzero(languages == lang)
+        shared = _common_prefix_length([prompts[i] for i in members]) if len(members) > 1 else 0
+        key = tuple(int(t) for t in prompts[members[0]][:shared]) if shared > common else None
+        groups[members] = keys.setdefault(key, len(keys))
+    return groups
+
+
 # -------------------------------------------------------------------------- datamodule
 class GenerationDataModule(BatchedDataModule):
     """Source-language SFT, source dev loss, per-target-language generation (loaders and the
@@ -467,15 +498,18 @@ class GenerationDataModule(BatchedDataModule):
         self._warn_truncation(built)
 
     def test_dataloader(self) -> DataLoader:
-        """Test (and predict) batches of one target language each, longest prompts first within
-        it: a language's prompts start alike (few-shot exemplars, a template's start), and
-        :func:`~xlt_runner.generation.generate_greedy` prefills what a batch's rows share once.
-        Sorting across languages would mix them and lose that (MGSM: 200-370 shared tokens of
+        """Test (and predict) batches grouped by the prompt start they share
+        (:func:`prompt_prefix_groups`: a language whose prompts start alike beyond what every prompt
+        shares, e.g. its few-shot exemplars, is batched on its own), longest prompts first within a
+        group, widest batch first, rank r taking batches r, r+W, ...:
+        :func:`~xlt_runner.generation.generate_greedy` prefills what a batch's rows share once,
+        which batches sorted across such languages would lose (MGSM: 200-370 shared tokens of
         240-630)."""
         rank, world = self._rank_world()
         data = self._datasets["test"]
-        languages = np.repeat(np.asarray(data.lang_indices, dtype=np.int64), [len(s) for s in data.splits])
-        sampler = GroupedEvalSampler(data.lengths(), languages, self.eval_batch_size, rank, world)
+        groups = prompt_prefix_groups([split.sequence(j) for split in data.splits for j in range(len(split))],
+                                      np.repeat(np.arange(len(data.splits)), [len(s) for s in data.splits]))
+        sampler = GroupedEvalSampler(data.lengths(), groups, self.eval_batch_size, rank, world)
         return self._loader(data, sampler, self.test_collator)
 
     def _warn_truncation(self, stages: list[str]) -> None:
