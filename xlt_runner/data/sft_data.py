@@ -316,7 +316,6 @@ class SftDataModule(GenerationDataModule):
         self.steps_per_switch = train_data.steps_per_switch
         self.train_collator = SftCollator(self.train_collator.pad_token_id)
         self._split_cache: dict[str, tuple[list[SftExample], list[SftExample]]] = {}
-        self.held_out: dict[str, int] = {}  # role -> validation examples
 
     def _split_of(self, role: str) -> tuple[list[SftExample], list[SftExample]]:
         if role not in self._split_cache:
@@ -359,8 +358,6 @@ class SftDataModule(GenerationDataModule):
         self._datasets[stage] = SftDataset(splits, langs, [ROLES.index(role) for role in self.roles])
         self.truncated_prompts[stage] = {role: s.truncated_prompts for role, s in zip(self.roles, splits)}
         self.truncated_completions[stage] = {role: s.truncated_completions for role, s in zip(self.roles, splits)}
-        if stage == "dev":
-            self.held_out = {role: len(s) for role, s in zip(self.roles, splits)}
         return stage
 
     def train_dataloader(self) -> DataLoader:
