@@ -60,6 +60,13 @@ def sft_run(qa_data, tmp_path_factory, shared_cache) -> dict:
     return {"record": record, "dir": Path(next(out.rglob("results.json")).parent), "stdout": result.stdout}
 
 
+def test_a_complete_run_leaves_no_training_checkpoint(sft_run):
+    """The tested weights stay (method_weights.safetensors); no full training state is left behind
+    (Lightning's default ModelCheckpoint once wrote one per fit into the logger's directory)."""
+    assert not list(sft_run["dir"].rglob("*.ckpt"))
+    assert (sft_run["dir"] / "method_weights.safetensors").is_file()
+
+
 def test_sft_run_records_generation_metrics_and_predictions(sft_run):
     record, run_dir = sft_run["record"], sft_run["dir"]
     assert record["status"] == "complete" and record["task"] == "generation" and record["method_family"] == "sft"

@@ -428,6 +428,9 @@ def build_trainer(cfg: DictConfig, root_dir: Path, loggers: list, callbacks: lis
         use_distributed_sampler=False,  # the data module shards by rank without padding
         deterministic=t.deterministic, log_every_n_steps=t.log_every_n_steps,
         enable_progress_bar=t.enable_progress_bar, enable_model_summary=False,
+        # the runner keeps its own checkpoints (best weights, resume.ckpt); Lightning's default
+        # ModelCheckpoint would write another full training state at the end of every fit
+        enable_checkpointing=False,
         logger=loggers or False, callbacks=callbacks)
 
 
