@@ -83,7 +83,7 @@ def overrides(name: str, args: argparse.Namespace, total: int) -> list[str]:
     smoke = ["train_data.task.dev_size=2",
              "train_data.language.dev_size=2", "benchmark.test_size=4", "benchmark.dev_size=2"] if args.smoke else []
     return [f"model={args.model}", *method, "benchmark=mkqa_cbqa", f"benchmark.data_dir={args.language_data}",
-            "languages=qa_english", "languages.source=[en,ja]", "languages.targets=[ja]", "train_data=gsm8k_mkqa",
+            "languages=qa_english", "languages.source=[en,ja]", "languages.targets=[en,ja]", "train_data=gsm8k_mkqa",
             f"train_data.task.path={args.task_data}", f"train_data.language.data_dir={args.language_data}",
             f"benchmark.batch_size={args.batch_size}", f"trainer.max_steps={total}", f"trainer.val_check_interval={total}",
             "trainer.accelerator=cpu", "trainer.precision=32-true", "trainer.gradient_clip_val=1.0", "logger=none",
