@@ -133,3 +133,12 @@ def run_contender(script: str | Path, name: str, args, keys: tuple[str, ...], ex
         sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-6000:])
         raise SystemExit(f"error: contender {name} failed (exit {proc.returncode})")
     return {**json.loads(lines[-1][len(RESULT_MARKER):]), "process_wall_s": time.perf_counter() - start}
+
+
+def write_report(path: str | Path, args, runs: dict, ratios: dict) -> Path:
+    """``{"settings", "environment", "runs", "ratios"}`` of a side-by-side bench as JSON at ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"settings": {k: v for k, v in vars(args).items() if k != "worker"},
+                                "environment": environment(), "runs": runs, "ratios": ratios}, indent=2))
+    return path

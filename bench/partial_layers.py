@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import DEFAULT_CACHE_DIR, REPO_ROOT, RESULT_MARKER, environment, run_contender  # noqa: E402
+from common import DEFAULT_CACHE_DIR, REPO_ROOT, RESULT_MARKER, run_contender, write_report  # noqa: E402
 from sft_throughput import (DEFAULT_DATA_DIR, PeakRss, StepLog, batch_stats, build_method,  # noqa: E402
                             project_parts, write_smoke_data)
 
@@ -128,12 +128,8 @@ def main(argv=None) -> int:
     print(f"partial/full: time {time_ratio:.2f}x (goal <= 0.5x: {'met' if time_ratio <= 0.5 else 'NOT met'}), "
           f"peak memory {memory_ratio:.2f}x (goal <= 0.6x: {'met' if memory_ratio <= 0.6 else 'NOT met'}), "
           f"memory added by training {delta_ratio:.2f}x")
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"settings": {k: v for k, v in vars(args).items() if k != "worker"},
-                               "environment": environment(), "runs": runs,
-                               "ratios": {"time": time_ratio, "peak_memory": memory_ratio,
-                                          "memory_added": delta_ratio}}, indent=2))
+    write_report(args.output, args, runs, {"time": time_ratio, "peak_memory": memory_ratio,
+                                           "memory_added": delta_ratio})
     return 0
 
 

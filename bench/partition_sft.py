@@ -33,7 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import DEFAULT_CACHE_DIR, REPO_ROOT, RESULT_MARKER, environment, run_contender  # noqa: E402
+from common import DEFAULT_CACHE_DIR, REPO_ROOT, RESULT_MARKER, run_contender, write_report  # noqa: E402
 
 CONTENDERS = ("full", "partition", "bare")
 SHARED = (REPO_ROOT / ".." / "shared" / "data").resolve()
@@ -197,12 +197,9 @@ def main(argv=None) -> int:
     print(f"partition/full: {vs_full:.3f}x wall, {cpu_vs_full:.3f}x CPU (goal <= 1.05x: "
           f"{'met' if vs_full <= 1.05 else 'NOT met'}); partition/bare loop (same compute): {vs_bare:.3f}x wall, "
           f"{cpu_vs_bare:.3f}x CPU")
-    path = Path(args.output)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"settings": {k: v for k, v in vars(args).items() if k != "worker"},
-                                "environment": environment(), "runs": runs,
-                                "ratios": {"partition_vs_full": vs_full, "partition_vs_bare": vs_bare,
-                                           "cpu_partition_vs_full": cpu_vs_full, "cpu_partition_vs_bare": cpu_vs_bare}}, indent=2))
+    path = write_report(args.output, args, runs, {"partition_vs_full": vs_full, "partition_vs_bare": vs_bare,
+                                                  "cpu_partition_vs_full": cpu_vs_full,
+                                                  "cpu_partition_vs_bare": cpu_vs_bare})
     print(f"written {path}")
     return 0
 
