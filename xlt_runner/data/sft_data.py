@@ -316,6 +316,7 @@ class SftDataModule(GenerationDataModule):
         self.steps_per_switch = train_data.steps_per_switch
         self.train_collator = SftCollator(self.train_collator.pad_token_id)
         self._split_cache: dict[str, tuple[list[SftExample], list[SftExample]]] = {}
+        self._fingerprints: dict[str, str] = {}  # role -> source_fingerprint (hashes the data: once)
 
     def _split_of(self, role: str) -> tuple[list[SftExample], list[SftExample]]:
         if role not in self._split_cache:
@@ -343,7 +344,9 @@ class SftDataModule(GenerationDataModule):
 
     def _sft_split(self, stage: str, role: str) -> TokenizedQA:
         source = self.train_data[role]
-        key = f"sft|{role}|{source_fingerprint(source, str(self.cache_root.parent), self.run_benchmark)}"
+        if role not in self._fingerprints:
+            self._fingerprints[role] = source_fingerprint(source, str(self.cache_root.parent), self.run_benchmark)
+        key = f"sft|{role}|{self._fingerprints[role]}"
         path = self.tokenized_cache_path(key, stage, source.language)
         return self.load_or_tokenize(path, lambda: self._tokenize_sft(self._split_of(role)[stage == "dev"]))
 
