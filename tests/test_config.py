@@ -19,6 +19,14 @@ GROUPS = ["model", "method", "benchmark", "languages", "trainer", "logger"]
 GENERATION_CONTEXT = {"model": "tiny_llama", "method": "prompting", "benchmark": "mkqa_cbqa", "languages": "qa_english"}
 
 
+#: The other groups a rag option composes with (QTT-RAG and its baselines).
+RAG_CONTEXT = {"model": "tiny_llama", "method": "qtt_rag", "benchmark": "mkqa", "languages": "rag_paper"}
+
+
+def _is_rag(cfg) -> bool:
+    return cfg.benchmark.task == "rag" or cfg.method.family == "rag" or cfg.languages.name.startswith("rag_")
+
+
 def _is_generation(cfg) -> bool:
     generation_only = "classification" not in method_class(cfg.method.family, "generation").supported_tasks
     return (cfg.model.kind == "decoder" or cfg.benchmark.task in ("generation", "math") or generation_only
@@ -34,6 +42,13 @@ def test_every_group_option_composes_and_validates(group, option):
     if cfg.model.kind == "seq2seq":  # a translator for pipelines (QTT-RAG); no task kind runs one alone
         with pytest.raises(config.ConfigError, match="runs on encoder models"):
             validate(cfg)
+        return
+    if _is_rag(cfg):
+        overrides += [f"{g}={o}" for g, o in RAG_CONTEXT.items() if g != group]
+        if "benchmark=xor_tydi" in overrides or cfg.languages.name == "rag_xor":
+            overrides = [o for o in overrides if o not in ("benchmark=mkqa", "languages=rag_paper")]
+            overrides += [x for x in ("benchmark=xor_tydi", "languages=rag_xor") if x not in overrides]
+        validate(compose(overrides))
         return
     if _is_generation(cfg):
         overrides += [f"{g}={o}" for g, o in GENERATION_CONTEXT.items() if g != group]

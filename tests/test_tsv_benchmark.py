@@ -76,10 +76,10 @@ def test_fingerprint_changes_with_data(root):
 
 
 def test_build_benchmark_registry(root):
-    assert BENCHMARKS.names() == ["cldr_demo", "mgsm", "mintaka", "mkqa_cbqa", "sib200"]
+    assert BENCHMARKS.names() == ["cldr_demo", "mgsm", "mintaka", "mkqa", "mkqa_cbqa", "rag_local", "sib200", "xor_tydi"]
     bench = build_benchmark(BenchmarkConfig(name="sib200", data_dir=str(root)), cache_dir="unused")
     assert isinstance(bench, Sib200)
-    with pytest.raises(ConfigError, match="cldr_demo, mgsm, mintaka, mkqa_cbqa, sib200 \\(did you mean sib200"):
+    with pytest.raises(ConfigError, match="cldr_demo, mgsm, mintaka, mkqa, mkqa_cbqa, rag_local, sib200, xor_tydi \\(did you mean sib200"):
         build_benchmark(BenchmarkConfig(name="sib201"), cache_dir="unused")
 
 

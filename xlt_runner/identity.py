@@ -19,7 +19,8 @@ NON_IDENTITY_KEYS = ("hydra", "paths", "logger", "overwrite", "sweep_name", "exp
 #: the ids of earlier runs (and of runs that do not use them) stay what they were.
 OPTIONAL_SECTIONS = ("train_data",)
 NON_IDENTITY_PATHS = ("benchmark.data_dir", "benchmark.num_workers", "trainer.enable_progress_bar",
-                      "trainer.log_every_n_steps", "trainer.resume_checkpoint_every_validation")
+                      "trainer.log_every_n_steps", "trainer.resume_checkpoint_every_validation",
+                      "method.cache")
 
 
 def identity_dict(cfg: DictConfig | dict) -> dict[str, Any]:

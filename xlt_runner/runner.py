@@ -192,9 +192,13 @@ def promote_staged_rerun(run_dir: Path) -> None:
 
 def data_fingerprint(cfg: DictConfig, benchmark) -> str:
     """The content fingerprint of a run's data: the benchmark's, combined with the training
-    datasets' when ``train_data`` is set."""
+    datasets' when ``train_data`` is set, or with the corpus' on a rag benchmark."""
     from xlt_runner.data.sft_data import train_data_fingerprint
     train = train_data_fingerprint(cfg, cfg.paths.cache_dir)
+    corpus = cfg.benchmark.get("corpus")
+    if corpus is not None:  # rag benchmarks: the passages retrieved from are data too
+        from xlt_runner.rag.corpus import load_corpus
+        return hashlib.sha256(f"{benchmark.fingerprint()}|corpus:{load_corpus(corpus).fingerprint}".encode()).hexdigest()
     if train is None:
         return benchmark.fingerprint()
     return hashlib.sha256(f"{benchmark.fingerprint()}|train_data:{train}".encode()).hexdigest()

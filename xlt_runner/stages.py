@@ -69,11 +69,14 @@ def test(ctx: RunContext) -> None:
     if ctx.best_path is not None:
         ctx.method.restore_trainable(ctx.best_path)
         ctx.weights_file = ctx.best_path
-    trainer.test(ctx.method, datamodule=ctx.datamodule, verbose=False)
+    ctx.task_kind.run_test(trainer, ctx.method, ctx.datamodule)
     ctx.trainer = trainer
     per_language = _complete_results(ctx.task_kind.test_results(ctx.method), ctx.targets)
     record = ctx.record
     record.timings["test_s"] = time.perf_counter() - t0
+    summary = ctx.task_kind.test_summary(ctx.method)
+    if summary is not None:
+        record.rag = summary
     if trainer.is_global_zero:
         record.outputs.update(ctx.task_kind.write_test_outputs(ctx.method, ctx.run_dir))
     subsample = ctx.task_kind.subsample(ctx.datamodule)

@@ -33,6 +33,9 @@ def validate(cfg: Any) -> None:
     method_cls.check_method_config(cfg.method)
     _check_train_data(cfg, method_cls)
     stages = list(cfg.regime.stages)
+    if not list(cfg.languages.source) and method_cls.trains and "fit" in stages:
+        raise ConfigError(f"languages.source=[] (languages={cfg.languages.name}) names no language to train on, but "
+                          f"method={cfg.method.name} trains; list the source languages")
     unknown = [s for s in stages if s not in STAGES]
     if unknown or not stages:
         raise ConfigError(f"regime.stages={stages} {'names unknown stages ' + str(unknown) if unknown else 'is empty'}; "
@@ -72,6 +75,8 @@ def _check_language_codes(cfg: Any, benchmark_cls: Any) -> None:
     if "langid_probe" in cfg.regime.stages:
         lists["regime.probe_languages"] = list(cfg.regime.probe_languages)
     for key, entries in lists.items():
+        if not entries and key == "languages.source":
+            continue  # nothing to train on: refused in validate() for a method that trains
         if not entries:
             raise ConfigError(f"{key} is empty; give language codes or set names ({', '.join(table.named_sets())})")
         for entry in entries:

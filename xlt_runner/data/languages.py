@@ -171,7 +171,7 @@ class LanguageTable:
                     f"{key}: language {code!r} is not in the benchmark's data ({location}, "
                     f"{len(available)} languages; closest there: {close or 'none'}). Remove it from {key}, "
                     f"fix the code, or point benchmark.data_dir at data that have it")
-        if not resolved:
+        if not resolved and entries:  # an explicitly empty list (languages.source=[]: nothing trains) stays empty
             raise ConfigError(
                 f"{key}={list(entries)} selects no language of the benchmark's data ({location}), which has "
                 f"{len(available)}: {', '.join(available[:12])}{' ...' if len(available) > 12 else ''}")

@@ -24,6 +24,7 @@ NUM_LAYERS = 2
 NUM_HEADS = 2
 INTERMEDIATE_SIZE = 64
 MAX_TOKENS = 128
+LLAMA_MAX_TOKENS = 2048
 VOCAB_SIZE = 1000
 
 # Fixed corpus: locales of many scripts, so frequent pieces of each script get merged.
@@ -115,8 +116,9 @@ def build_tiny_model(kind: str, seed: int = 0) -> tuple[PreTrainedModel, PreTrai
         config = BertConfig(**common, **encoder_shape, max_position_embeddings=MAX_TOKENS, type_vocab_size=2)
         model_class = BertModel
     elif kind == "llama":
+        # rotary positions have no weights: room for RAG prompts (passages, tags) costs nothing
         config = LlamaConfig(**common, **encoder_shape, num_key_value_heads=NUM_HEADS,
-                             max_position_embeddings=MAX_TOKENS, bos_token_id=0, eos_token_id=2)
+                             max_position_embeddings=LLAMA_MAX_TOKENS, bos_token_id=0, eos_token_id=2)
         model_class = LlamaForCausalLM
     else:
         config = M2M100Config(**common, d_model=HIDDEN_SIZE, encoder_layers=NUM_LAYERS, decoder_layers=NUM_LAYERS,

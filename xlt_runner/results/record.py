@@ -110,6 +110,7 @@ class RunRecord:
     zero_shot_per_language: dict[str, dict[str, float]] = UNSET  # target_fit: the scores before tuning
     target_phases: dict[str, dict[str, Any]] = UNSET  # target_fit: each language's best and training
     probe: dict[str, Any] = UNSET  # langid_probe's results
+    rag: dict[str, Any] = UNSET  # rag runs: cache counters, models loaded, index, per-stage timings
 
     def to_json(self) -> dict[str, Any]:
         """The record as ``results.json`` holds it (sections still UNSET left out)."""

@@ -85,6 +85,14 @@ class TaskKind:
         """How this kind's data module draws a capped sample (for the record)."""
         raise NotImplementedError
 
+    def run_test(self, trainer, method, datamodule) -> None:
+        """Evaluate ``method`` on every target language's test split (``trainer.test``)."""
+        trainer.test(method, datamodule=datamodule, verbose=False)
+
+    def test_summary(self, method) -> dict | None:
+        """What the record keeps of the test stage besides results (``record.rag`` for rag runs), or None."""
+        return None
+
     def test_results(self, method) -> dict[str, dict]:
         """Per-language results of the test just run: language -> metric -> value (and ``n``)."""
         return method.test_results
