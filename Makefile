@@ -39,6 +39,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/partial_layers.py
 	$(BIN)/python bench/layer_swap.py
 	$(BIN)/python bench/partition_sft.py
+	$(BIN)/python bench/rag_pipeline.py
 
 # Refresh constraints.txt from the current environment (after changing dependencies).
 lock:

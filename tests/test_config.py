@@ -66,7 +66,9 @@ def test_every_group_option_composes_and_validates(group, option):
 
 
 #: What an experiment preset leaves to the command line (a ``???`` value: data only the user has).
-EXPERIMENT_REQUIRED = {"partition_table1": ["train_data.language.path=instructions.jsonl"]}
+EXPERIMENT_REQUIRED = {"partition_table1": ["train_data.language.path=instructions.jsonl"],
+                       "qtt_paper": ["benchmark.corpus.path=passages.jsonl"],
+                       "qtt_paper_xor": ["benchmark.corpus.path=passages.jsonl"]}
 
 
 @pytest.mark.parametrize("experiment", sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml")))

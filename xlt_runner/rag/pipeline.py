@@ -116,6 +116,8 @@ class RagPipeline:
     # ------------------------------------------------------------------------ driver
     def run(self, trainer, examples: Sequence[GenerationExample]) -> list[dict]:
         from xlt_runner.metrics.language_id import iso639_1
+        from xlt_runner.rag.prompting import MessageRenderer
+        MessageRenderer(self.generator_cfg, self.generator.tokenizer, "model")  # model.format=chat without a template fails here, before any stage
         states = [QueryState(e, iso639_1(e.lang)) for e in examples]
         self._timed("retrieval", self.retrieve, trainer, states)
         shown = self._timed("language_id", self.identify, states)

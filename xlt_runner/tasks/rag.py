@@ -7,7 +7,9 @@ scores, and every passage shown (rank, languages, translation, tag, judged score
 filtered or cut). Per language: character 3-gram recall (the primary metric), the answer-language
 rate, r_lang (share of shown passages not in the query language: what translating methods
 translate), the hard filter's retained ratio, the judge's failure rate and, with gold passages
-(``rag_local``), retrieval recall at top-n and top-k.
+(``rag_local``), retrieval recall at top-n and top-k over the queries whose gold passage is in
+the corpus (``retrieval_recall_n`` of them; None when there is none, e.g. a corpus filtered to
+other languages).
 """
 from __future__ import annotations
 
@@ -43,7 +45,7 @@ class RagTask:
     generator_cfg: Any
     max_new_tokens: int
     stop_strings: list[str]
-    gold: dict[str, tuple[str, ...]] | None  # question id -> gold passage ids (rag_local)
+    gold: dict[str, tuple[str, ...]] | None  # question id -> its gold passages in the corpus (rag_local)
 
     def results(self, rows: list[dict], method_cfg) -> dict[str, dict]:
         return per_language_results(rows, self.eval_languages, method_cfg, self.gold)
@@ -72,10 +74,12 @@ def per_language_results(rows: list[dict], languages: list[str], method_cfg, gol
                "retained_ratio": ((translated - sum(r["filtered"] for r in mine)) / translated
                                   if method_cfg.hard_filter is not None and translated else None),
                "judge_failure_rate": sum(r["judge_failures"] for r in mine) / judged if judged else None}
-        if gold is not None:
-            shown = [any(p["pid"] in gold[r["id"]] for p in r["passages"]) for r in mine]
-            top_k = [any(pid in gold[r["id"]] for pid in r["top_k"]) for r in mine]
-            out.update(retrieval_recall=_mean([float(x) for x in shown]), retrieval_recall_at_k=_mean([float(x) for x in top_k]))
+        if gold is not None:  # over the queries whose gold passage is in the corpus (None: no such query)
+            scored = [r for r in mine if r["id"] in gold]
+            shown = [any(p["pid"] in gold[r["id"]] for p in r["passages"]) for r in scored]
+            top_k = [any(pid in gold[r["id"]] for pid in r["top_k"]) for r in scored]
+            out.update(retrieval_recall=_mean([float(x) for x in shown]), retrieval_recall_at_k=_mean([float(x) for x in top_k]),
+                       retrieval_recall_n=len(scored))
         out["n"] = len(mine)
         results[lang] = out
     return results
@@ -127,8 +131,10 @@ class Rag(TaskKind):
         b = self.cfg.benchmark
         corpus = load_corpus(b.corpus)
         gold = None
-        if hasattr(self.benchmark, "gold_passages"):
-            gold = self.benchmark.gold_passages([e.id for e in datamodule.examples])
+        if hasattr(self.benchmark, "gold_passages"):  # only gold passages the corpus holds can be retrieved
+            pids = corpus.by_pid
+            gold = {qid: kept for qid, passages in self.benchmark.gold_passages([e.id for e in datamodule.examples]).items()
+                    if (kept := tuple(p for p in passages if p in pids))}
         targets = list(dict.fromkeys(e.lang for e in datamodule.examples))
         return RagTask(examples=datamodule.examples, eval_languages=targets, corpus=corpus,
                        cache_dir=self.cfg.paths.cache_dir, generator_cfg=self.cfg.model,
