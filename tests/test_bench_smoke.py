@@ -78,3 +78,22 @@ def test_partition_sft_bench_smoke(tmp_path, shared_cache):
     assert runs["full"]["losses"][0] == runs["partition"]["losses"][0]
     assert set(report["ratios"]) == {"partition_vs_full", "partition_vs_bare", "cpu_partition_vs_full",
                                      "cpu_partition_vs_bare"}
+
+
+def test_rag_pipeline_bench_smoke(tmp_path, shared_cache):
+    """``bench/rag_pipeline.py --smoke``: tiny models on a generated corpus; the one-at-a-time, the
+    batched cold and the warm rerun contenders run and the warm run recomputes nothing upstream."""
+    out = tmp_path / "rag_pipeline.json"
+    result = subprocess.run([sys.executable, "bench/rag_pipeline.py", "--smoke", "--threads", "1",
+                             "--cache-dir", str(shared_cache), "--output", str(out)],
+                            cwd=REPO, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    runs = report["runs"]
+    assert set(runs) == {"one_at_a_time", "batched_cold", "warm_other_generator"}
+    assert all(run["queries"] == 3 for run in runs.values())
+    warm = runs["warm_other_generator"]["cache"]
+    assert all(warm[stage]["computed"] == 0 for stage in ("retrieval", "translation", "judgement"))
+    assert runs["batched_cold"]["cache"]["translation"]["computed"] > 0
+    assert set(report["ratios"]) == {"batched_cold_over_one_at_a_time", "warm_over_cold"}

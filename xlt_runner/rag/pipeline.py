@@ -31,7 +31,9 @@ from xlt_runner.rag.cache import RagCache, content_key
 from xlt_runner.rag.predict import BatchPredictor, predict_items
 
 #: Cache stages (the ``stage`` column of the store; counters in the record are keyed by them).
-RETRIEVAL, TRANSLATION, JUDGEMENT, REWRITE = "retrieval", "translation", "judgement", "rewrite"
+#: ``translation_chunk`` holds the translations of a long text's chunks as their batches finish.
+RETRIEVAL, TRANSLATION, TRANSLATION_CHUNK = "retrieval", "translation", "translation_chunk"
+JUDGEMENT, REWRITE = "judgement", "rewrite"
 #: Schema of cached values; part of every key, so a change of what a stage stores never reads old entries.
 CACHE_VERSION = 1
 
@@ -287,7 +289,7 @@ class RagPipeline:
         done = self.cache.get_many(TRANSLATION, list(texts))
         todo = {k: v for k, v in texts.items() if k not in done}
         if todo:
-            fresh = self._translate_uncached(trainer, todo)
+            fresh = self._translate_uncached(trainer, todo, identity)
             self.cache.put_many(TRANSLATION, fresh)
             done.update(fresh)
         out = {}
@@ -298,7 +300,10 @@ class RagPipeline:
         self.summary["translation"] = {"passages": len(wanted), "texts": len(texts), "computed": len(todo)}
         return out
 
-    def _translate_uncached(self, trainer, todo: dict[str, tuple[str, str, str]]) -> dict[str, str]:
+    def _translate_uncached(self, trainer, todo: dict[str, tuple[str, str, str]], identity: dict) -> dict[str, str]:
+        """Translations of the ``todo`` texts (key -> (text, source, target)). Long texts are split
+        into chunks; each chunk's translation is stored (stage ``translation_chunk``) as its batch
+        finishes, so a killed job resumes from its last batch."""
         from xlt_runner.rag.translation import assemble, build_translator, translation_plan
         t = self.cfg.translator
         backbone = self.pool.get(t.model, "translator")
@@ -307,9 +312,20 @@ class RagPipeline:
         chunks, owners = translation_plan([todo[k][0] for k in keys], translator.count_tokens, t.max_input_tokens)
         items = [(chunk, self._translation_code(todo[keys[o]][1]), self._translation_code(todo[keys[o]][2]))
                  for chunk, o in zip(chunks, owners)]
-        print(f"[xlt-run] rag: translating {len(keys):,} texts ({len(chunks):,} chunks) with {t.model.name}")
-        translated = predict_items(trainer, BatchPredictor({"translator": backbone.model}, translator.translate_batch),
-                                   items, batch_size=t.batch_size, length=lambda item: len(item[0]))
+        chunk_keys = [content_key(TRANSLATION_CHUNK, identity, *item) for item in items]
+        done = self.cache.get_many(TRANSLATION_CHUNK, list(dict.fromkeys(chunk_keys)))
+        missing = [i for i, key in enumerate(chunk_keys) if key not in done]
+        print(f"[xlt-run] rag: translating {len(keys):,} texts ({len(missing):,} of {len(chunks):,} chunks to do) "
+              f"with {t.model.name}")
+
+        def store(indices: list[int], outputs: list[str]) -> None:
+            self.cache.put_many(TRANSLATION_CHUNK, {chunk_keys[missing[i]]: out for i, out in zip(indices, outputs)})
+
+        new = predict_items(trainer, BatchPredictor({"translator": backbone.model}, translator.translate_batch),
+                            [items[i] for i in missing], batch_size=t.batch_size, length=lambda item: len(item[0]),
+                            on_batch=store)
+        done.update({chunk_keys[i]: out for i, out in zip(missing, new)})
+        translated = [done[key] for key in chunk_keys]
         targets = [todo[k][2] for k in keys]
         joined = assemble(owners, translated, len(keys), targets)
         return dict(zip(keys, joined))
@@ -335,9 +351,7 @@ class RagPipeline:
                 todo[key] = (self._by_pid[pid].text, translations[(pid, target)]["text"],
                              translations[(pid, target)]["source"], target)
         if todo:
-            fresh = self._judge_uncached(trainer, todo)
-            self.cache.put_many(JUDGEMENT, fresh)
-            done.update(fresh)
+            done.update(self._judge_uncached(trainer, todo))  # stored as the batches finish
         out = {pt: done[key] for pt, key in keys.items()}
         failures = sum(v["scores"] is None for v in out.values())
         self.summary["judgement"] = {"judged": len(out), "failures": failures, "computed": len(todo)}
@@ -366,8 +380,12 @@ class RagPipeline:
             prompts = [renderer.ids(None, prompt(*todo[k], localized(j.prompts["generate"], todo[k][3],
                                                                       "method.judge.prompts.generate")))
                        for k in keys]
-            raw = self._generate(trainer, backbone, renderer, prompts, j.batch_size, j.max_new_tokens, [], "judge")
-            return {k: {"scores": parse_judgement(text), "raw": text} for k, text in zip(keys, raw)}
+            verdict = lambda text: {"scores": parse_judgement(text), "raw": text}
+            store = lambda indices, outputs: self.cache.put_many(
+                JUDGEMENT, {keys[i]: verdict(text) for i, (text, _, _) in zip(indices, outputs)})
+            raw = self._generate(trainer, backbone, renderer, prompts, j.batch_size, j.max_new_tokens, [], "judge",
+                                 on_batch=store)
+            return {k: verdict(text) for k, text in zip(keys, raw)}
         digits = []
         for d in "012345":
             ids = tokenizer(d, add_special_tokens=False)["input_ids"]
@@ -397,6 +415,7 @@ class RagPipeline:
         for n, k in enumerate(keys):
             scores = dict(zip(CRITERIA, values[n * len(CRITERIA):(n + 1) * len(CRITERIA)]))
             out[k] = {"scores": {c: round(float(v), 4) for c, v in scores.items()}, "raw": None}
+        self.cache.put_many(JUDGEMENT, out)  # a translation's three criteria may span batches: stored at the end
         return out
 
     # --------------------------------------------------------------------- rewriting
@@ -425,21 +444,25 @@ class RagPipeline:
                                               language=language_name(todo[k][2]), question=todo[k][0], text=todo[k][1]))
                        for k in keys]
             print(f"[xlt-run] rag: rewriting {len(keys):,} passages with {rw.model.name}")
-            texts = self._generate(trainer, backbone, renderer, prompts, rw.batch_size, rw.max_new_tokens, [], "rewriter")
-            fresh = dict(zip(keys, texts))
-            self.cache.put_many(REWRITE, fresh)
-            done.update(fresh)
+            store = lambda indices, outputs: self.cache.put_many(
+                REWRITE, {keys[i]: text for i, (text, _, _) in zip(indices, outputs)})
+            texts = self._generate(trainer, backbone, renderer, prompts, rw.batch_size, rw.max_new_tokens, [],
+                                   "rewriter", on_batch=store)
+            done.update(zip(keys, texts))
         self.summary["rewrite"] = {"rewritten": len(wanted), "computed": len(todo)}
         return {k: done[v[0]] for k, v in wanted.items()}
 
     # -------------------------------------------------------------------- generation
     def _generate(self, trainer, backbone, renderer, prompts: list[list[int]], batch_size: int, max_new_tokens: int,
-                  stop_strings: list[str], role: str) -> list[str]:
+                  stop_strings: list[str], role: str, on_batch=None) -> list[str]:
         outputs = self._generate_outputs(trainer, backbone, renderer, prompts, batch_size, max_new_tokens,
-                                         stop_strings, role)
+                                         stop_strings, role, on_batch)
         return [o.text for o in outputs]
 
-    def _generate_outputs(self, trainer, backbone, renderer, prompts, batch_size, max_new_tokens, stop_strings, role):
+    def _generate_outputs(self, trainer, backbone, renderer, prompts, batch_size, max_new_tokens, stop_strings, role,
+                          on_batch=None):
+        """Greedy answers to ``prompts`` (token ids); ``on_batch(indices, [(text, new tokens, stop
+        reason)])`` after every batch (see :func:`~xlt_runner.rag.predict.predict_items`)."""
         from xlt_runner.generation import GenerationOutput, generate_greedy
         model, tokenizer = backbone.model, backbone.tokenizer
         limit = getattr(model.config, "max_position_embeddings", None)
@@ -454,7 +477,8 @@ class RagPipeline:
         if too_long:
             raise ConfigError(f"{len(too_long)} {role} prompts are longer than the model's "
                               f"{limit} positions allow with {max_new_tokens} new tokens (longest {max(too_long)})")
-        rows = predict_items(trainer, BatchPredictor({role: model}, step), prompts, batch_size=batch_size, length=len)
+        rows = predict_items(trainer, BatchPredictor({role: model}, step), prompts, batch_size=batch_size, length=len,
+                             on_batch=on_batch)
         return [GenerationOutput(*row) for row in rows]
 
     def shown_passages(self, state: QueryState, languages, translations, judgements, rewrites) -> list[dict]:

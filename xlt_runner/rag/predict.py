@@ -37,10 +37,12 @@ class BatchPredictor(pl.LightningModule):
 
 
 def predict_items(trainer: pl.Trainer, predictor: BatchPredictor, items: Sequence, *, batch_size: int,
-                  length: Callable[[Any], int]) -> list:
+                  length: Callable[[Any], int], on_batch: Callable[[list[int], list], None] | None = None) -> list:
     """``predictor``'s results for ``items``, in the order of ``items``. Items are batched longest
     first (``length``: a size in tokens or characters), so a batch holds items of similar size
-    and the first batch shows at once whether the longest ones fit in memory."""
+    and the first batch shows at once whether the longest ones fit in memory. ``on_batch(indices,
+    results)`` is called after every batch (on every rank, with that rank's items): the pipeline
+    stores results as they come, so a job killed mid-stage resumes from its last batch."""
     if not items:
         return []
     order = sorted(range(len(items)), key=lambda i: (-length(items[i]), i))
@@ -48,7 +50,7 @@ def predict_items(trainer: pl.Trainer, predictor: BatchPredictor, items: Sequenc
     mine = order[rank::world]
     loader = DataLoader([(i, items[i]) for i in mine], batch_size=batch_size, shuffle=False,
                         collate_fn=lambda pairs: pairs)
-    indexed = _IndexedStep(predictor.step)
+    indexed = _IndexedStep(predictor.step, on_batch)
     predictor.step = indexed
     try:
         batches = trainer.predict(predictor, dataloaders=loader, return_predictions=True) or []
@@ -68,9 +70,11 @@ def predict_items(trainer: pl.Trainer, predictor: BatchPredictor, items: Sequenc
 class _IndexedStep:
     """Runs a step on the items of ``(index, item)`` pairs and pairs each result with its index."""
 
-    def __init__(self, step: Callable[[list], list]) -> None:
-        self.step = step
+    def __init__(self, step: Callable[[list], list], on_batch: Callable[[list[int], list], None] | None) -> None:
+        self.step, self.on_batch = step, on_batch
 
     def __call__(self, pairs: list) -> list:
         outputs = self.step([item for _, item in pairs])
+        if self.on_batch is not None:
+            self.on_batch([index for index, _ in pairs], outputs)
         return [(index, output) for (index, _), output in zip(pairs, outputs)]
