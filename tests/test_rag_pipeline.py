@@ -48,18 +48,15 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-def rag_args(data: Path, out: Path, cache: Path, *, sweep: bool = False) -> list[str]:
+def rag_args(data: Path, out: Path, cache: Path) -> list[str]:
     """Tiny random models for every stage. The translator, judge and rewriter differ from the
     generator (and each other) in max_length only, so each is loaded as its own model and shows up
     in ``models_loaded``. Translations and judgements are kept short (a few new tokens) for speed."""
-    # Stage-model group choices as one-value sweeps in a multirun: Hydra composes a multirun's
-    # master config from config.yaml's default method (head_only), which has no method.retriever.
-    stage = (lambda name: f"choice({name})") if sweep else (lambda name: name)
     return ["benchmark=rag_local", "model=tiny_llama", "languages=rag_paper", "languages.targets=[ko,zh,en]",
             f"benchmark.queries_path={data / 'queries.jsonl'}", f"benchmark.corpus.path={data / 'passages.jsonl'}",
             "model.max_length=1024", "benchmark.max_new_tokens=2",
-            f"model@method.retriever.model={stage('tiny_xlmr')}", f"model@method.translator.model={stage('tiny_llama')}",
-            f"model@method.judge.model={stage('tiny_llama')}", f"model@method.rewriter.model={stage('tiny_llama')}",
+            "model@method.retriever.model=tiny_xlmr", "model@method.translator.model=tiny_llama",
+            "model@method.judge.model=tiny_llama", "model@method.rewriter.model=tiny_llama",
             "method.retriever.top_k=4", "method.reranker.top_n=2",
             "method.translator.max_input_tokens=32", "method.translator.max_new_tokens_ratio=0.25",
             "method.translator.max_new_tokens_extra=2", "method.translator.model.max_length=1000",
@@ -82,7 +79,7 @@ def sweep(tmp_path_factory):
     write_jsonl(data / "passages.jsonl", PASSAGES)
     write_jsonl(data / "queries.jsonl", QUERIES)
     out, cache = root / "out", root / "cache"
-    result = run_cli(["-m", f"method={','.join(METHODS)}", *rag_args(data, out, cache, sweep=True)])
+    result = run_cli(["-m", f"method={','.join(METHODS)}", *rag_args(data, out, cache)])
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     records = {r["method"]: r for r in find_records(out)}
     return {"root": root, "data": data, "out": out, "cache": cache, "records": records,
@@ -147,7 +144,7 @@ def test_sweep_translates_and_judges_once_for_five_methods(sweep):
 def test_judge_that_never_answers_json_is_counted_and_tagged_unknown(sweep):
     """The tiny random judge never writes JSON: every judgement is a counted failure, the runs
     complete, the tags say "?", hard_filter keeps the unscored translations, and the judge's raw
-    outputs stay in the cache (the predictions keep the missing scores and the failure flag)."""
+    outputs stay in the predictions (with the missing scores and the failure flag) and the cache."""
     records, predictions = sweep["records"], sweep["predictions"]
     tag_table = OmegaConf.load(CONF / "rag_prompts" / "generator.yaml")["tag"]
     for method in ("qtt_rag", "hard_filter"):
@@ -163,6 +160,7 @@ def test_judge_that_never_answers_json_is_counted_and_tagged_unknown(sweep):
                     assert passage["judge_failed"] is None and passage["tag"] is None
                     continue
                 assert passage["scores"] is None and passage["judge_failed"] is True
+                assert isinstance(passage["judge_output"], str)  # what the judge wrote is kept
                 assert passage["filtered"] is False  # keep_unscored
                 expected = fill(localized(tag_table, row["lang"], "tag"), **{c: "?" for c in CRITERIA})
                 assert passage["tag"] == (expected if method == "qtt_rag" else None)
@@ -283,7 +281,7 @@ def test_truncation_cuts_texts_and_keeps_every_title_and_tag(tiny_llama):
     room = len(bare.ids) + (len(full.ids) - len(bare.ids)) // 4
     cut = build(passages, room)
     text = tiny_llama.tokenizer.decode(cut.ids, skip_special_tokens=True)
-    assert len(room_ids := cut.ids) <= room and len(room_ids) > len(bare.ids)
+    assert len(bare.ids) < len(cut.ids) <= room
     assert cut.truncated == (True,) * 4 and 0 < cut.text_tokens_kept
     for passage in passages:
         assert passage.title in text
@@ -311,7 +309,7 @@ def test_saved_predictions_keep_the_whole_text_of_a_cut_passage(tmp_path, tiny_l
     [row] = rag.generate(trainer, [query], {"ko-1": "ko", "en-1": "en"}, translations, judgements, {})
     assert row["prompt_tokens"] <= 700 - 1
     original, translated = row["passages"]
-    assert original["pid"] == "ko-1" and translated["pid"] == "en-1"
+    assert original["pid"] == "ko-1" and translated["pid"] == "en-1" and original["truncated"] is False
     assert translated["text"] == "번역 " + LONG and translated["truncated"] is True
     assert "4.0" in translated["tag"] and translated["scores"] == scores(4.0, 3.0, 2.0)
     assert row["translated"] == 1 and row["judged"] == 1 and row["judge_failures"] == 0
@@ -401,7 +399,7 @@ def test_a_chat_format_generator_without_a_chat_template_is_refused_before_any_s
                                           r"template; set model\.format=plain"):
         MessageRenderer(model_cfg("tiny_llama", format="chat"), tiny_llama.tokenizer, "model")
     cache = RagCache(tmp_path / "c.sqlite")
-    cfg = method_cfg("qtt_rag", retriever={"model": model_cfg("tiny_xlmr")})
+    cfg = method_cfg("rag_base", retriever={"model": model_cfg("tiny_xlmr")})
     rag = pipeline(tmp_path, PASSAGES, cfg, generator=tiny_llama, generator_cfg=model_cfg("tiny_llama", format="chat"),
                    cache=cache)
     question = GenerationExample("q1", "ko", "핀란드의 수도는?", ("헬싱키",))
@@ -415,6 +413,7 @@ def test_a_passage_longer_than_the_translator_limit_is_split_and_rejoined_whole(
     """A passage ten times the translator's input limit, through the pipeline's translation stage
     with an identity translator: every chunk fits the limit, and the rejoined translation (also
     as cached) is the whole passage."""
+    from xlt_runner.models.tiny import build_tiny_tokenizer
     from xlt_runner.rag import translation
 
     chunks: list[tuple[str, str, str]] = []
@@ -438,7 +437,7 @@ def test_a_passage_longer_than_the_translator_limit_is_split_and_rejoined_whole(
                                              "max_input_tokens": limit})
     cache = RagCache(tmp_path / "c.sqlite")
     rag = pipeline(tmp_path, rows, cfg, cache=cache)
-    identity = Identity(None, __import__("xlt_runner.models.tiny", fromlist=["x"]).build_tiny_tokenizer("llama"), None)
+    identity = Identity(None, build_tiny_tokenizer("llama"), None)
     assert identity.count_tokens(text) >= 10 * limit
     out = rag.translate(trainer, [state("fi", ["en-1"])], {"en-1": "en"})
     assert out[("en-1", "fi")] == {"title": "A title", "text": text, "source": "en"}

@@ -99,9 +99,10 @@ def defer_to_jobs(argv: list[str]) -> list[str]:
     overrides, config_name = _split_argv(argv)
     parsed = OverridesParser.create().parse_overrides(overrides)
     swept = {o.key_or_group for o in parsed + _config_sweeps(parsed, config_name) if o.is_sweep_override()}
-    deferred = {o.input_line: f"{o.key_or_group}=choice({o.get_value_element_as_str()})" for o in parsed
+    # a nested group default (model@method.translator.model=x) is keyed by its package, not its group
+    deferred = {o.input_line: f"{o.get_key_element()}=choice({o.get_value_element_as_str()})" for o in parsed
                 if not (o.is_sweep_override() or o.is_add() or o.is_force_add() or o.is_delete() or _is_hydra(o))
-                and o.key_or_group.split(".")[0] in swept and "." in o.key_or_group
+                and (o.package or o.key_or_group).split(".")[0] in swept and "." in (o.package or o.key_or_group)
                 and o.value() is not None}  # choice(null) does not parse: a null stays a plain override
     return [deferred.get(arg, arg) for arg in argv]
 

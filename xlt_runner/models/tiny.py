@@ -86,7 +86,8 @@ def build_tiny_tokenizer(kind: str) -> PreTrainedTokenizerFast:
             single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>", special_tokens=[("<s>", 0), ("</s>", 2)])
         names = dict(bos_token="<s>", eos_token="</s>", sep_token="</s>", cls_token="<s>", pad_token="<pad>",
                      unk_token="<unk>", mask_token="<mask>")
-    wrapped = PreTrainedTokenizerFast(tokenizer_object=tokenizer, model_max_length=MAX_TOKENS, **names)
+    wrapped = PreTrainedTokenizerFast(tokenizer_object=tokenizer, **names,
+                                      model_max_length=LLAMA_MAX_TOKENS if kind == "llama" else MAX_TOKENS)
     if kind == "llama":
         wrapped.padding_side = "left"
     return wrapped

@@ -112,7 +112,7 @@ class RagPipeline:
         self.max_new_tokens, self.stop_strings = max_new_tokens, list(stop_strings)
         self.identifier = identifier
         self.pool = ModelPool(generator_cfg, generator, cache_dir)
-        self.summary: dict[str, Any] = {"timings_s": {}, "index": None}
+        self.summary: dict[str, Any] = {"timings_s": {}, "index": None}  # index: None when retrieval was all cached
         self._by_pid = {p.pid: p for p in corpus.passages}
 
     # ------------------------------------------------------------------------ driver
@@ -494,7 +494,7 @@ class RagPipeline:
             entry = {"pid": pid, "rank": rank, "dense": hit["dense"], "rerank": hit["rerank"],
                      "declared_lang": passage.lang, "identified_lang": languages[pid], "translated": False,
                      "title": passage.title, "text": passage.text, "scores": None, "judge_failed": None,
-                     "filtered": False, "tag": None, "truncated": False}
+                     "filtered": False, "tag": None, "truncated": False, "judge_output": None}
             t = translations.get((pid, state.iso))
             if t is None:
                 originals.append(entry)
@@ -503,6 +503,7 @@ class RagPipeline:
             if judgements:
                 verdict = judgements[(pid, state.iso)]
                 entry["scores"], entry["judge_failed"] = verdict["scores"], verdict["scores"] is None
+                entry["judge_output"] = verdict["raw"]  # the judge's text (None in logprob mode)
             if rewrites:
                 entry["text"] = rewrites[(state.example.id, state.example.lang, pid)]
             translated.append(entry)

@@ -31,9 +31,6 @@ class RagQueries:
     examples: list[GenerationExample]
     subsampled_ids: dict[str, list[str]]
 
-    def describe(self) -> None:
-        return None
-
 
 @dataclass
 class RagTask:
@@ -46,6 +43,7 @@ class RagTask:
     max_new_tokens: int
     stop_strings: list[str]
     gold: dict[str, tuple[str, ...]] | None  # question id -> its gold passages in the corpus (rag_local)
+    gold_missing: int = 0  # gold passages of the target languages' questions that the corpus lacks
 
     def results(self, rows: list[dict], method_cfg) -> dict[str, dict]:
         return per_language_results(rows, self.eval_languages, method_cfg, self.gold)
@@ -130,15 +128,21 @@ class Rag(TaskKind):
         from xlt_runner.rag.corpus import load_corpus
         b = self.cfg.benchmark
         corpus = load_corpus(b.corpus)
-        gold = None
+        gold, gold_missing = None, []
+        targets = list(dict.fromkeys(e.lang for e in datamodule.examples))
         if hasattr(self.benchmark, "gold_passages"):  # only gold passages the corpus holds can be retrieved
             pids = corpus.by_pid
             gold = {qid: kept for qid, passages in self.benchmark.gold_passages([e.id for e in datamodule.examples]).items()
                     if (kept := tuple(p for p in passages if p in pids))}
-        targets = list(dict.fromkeys(e.lang for e in datamodule.examples))
+            gold_missing = self.benchmark.check_gold_in_corpus(corpus, targets)
+            if gold_missing:
+                print(f"[xlt-run] note: {len(gold_missing):,} gold passages of {', '.join(targets)} are not in the corpus "
+                      f"({corpus.location}); retrieval recall counts only the {len(gold):,} tested queries whose "
+                      f"gold passage is there")
         return RagTask(examples=datamodule.examples, eval_languages=targets, corpus=corpus,
                        cache_dir=self.cfg.paths.cache_dir, generator_cfg=self.cfg.model,
-                       max_new_tokens=b.max_new_tokens, stop_strings=list(b.stop_strings), gold=gold)
+                       max_new_tokens=b.max_new_tokens, stop_strings=list(b.stop_strings), gold=gold,
+                       gold_missing=len(gold_missing))
 
     def subsample_rule(self) -> dict:
         from xlt_runner.data.generation import SUBSAMPLE_SEED
@@ -148,9 +152,11 @@ class Rag(TaskKind):
         method.run_pipeline(trainer)
 
     def test_summary(self, method) -> dict | None:
-        return {**method.summary, "corpus": {"location": method.task.corpus.location,
-                                             "passages": len(method.task.corpus.passages),
-                                             "fingerprint": method.task.corpus.fingerprint}}
+        corpus = method.task.corpus
+        return {**method.summary, "corpus": {"location": corpus.location, "passages": len(corpus.passages),
+                                             "languages": {str(k): v for k, v in corpus.language_counts.items()},
+                                             "fingerprint": corpus.fingerprint},
+                "gold_passages_missing": method.task.gold_missing if method.task.gold is not None else None}
 
     def write_test_outputs(self, method, run_dir: Path) -> dict[str, str]:
         write_predictions(Path(run_dir) / PREDICTIONS_FILE, method.test_predictions)
