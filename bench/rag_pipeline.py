@@ -76,7 +76,7 @@ def contender_overrides(name: str, args, work: Path) -> list[str]:
     cache = f"method.cache.path={work / 'cache.sqlite'}"
     if name == "one_at_a_time":
         return ["method.cache.enabled=false", "method.retriever.batch_size=1", "method.translator.batch_size=1",
-                "method.judge.batch_size=1", "method.generation_batch_size=1", f"model={args.model}"]
+                "method.judge.batch_size=1", "benchmark.eval_batch_size=1", f"model={args.model}"]
     if name == "batched_cold":
         return [cache, f"model={args.model}"]
     return [cache, f"model={args.warm_model}", "model.max_length=2048"]

@@ -244,7 +244,7 @@ def pipeline(tmp_path, rows, cfg=None, *, generator=None, generator_cfg=None, ca
     return RagPipeline(cfg if cfg is not None else method_cfg(), generator,
                        generator_cfg if generator_cfg is not None else model_cfg("tiny_llama"),
                        corpus=corpus_of(tmp_path, rows), cache=cache or RagCache(None), cache_dir=str(tmp_path),
-                       max_new_tokens=1, stop_strings=["\n"], identifier=build_identifier("py3langid"))
+                       max_new_tokens=1, stop_strings=["\n"], identifier=build_identifier("py3langid"), batch_size=2)
 
 
 def state(iso: str, pids: list[str], question: str = "Question?") -> QueryState:

@@ -94,8 +94,6 @@ class RagConfig(MethodConfig):
     tags: bool = True
     hard_filter: Optional[HardFilterConfig] = None
     rewrite: bool = False
-    language_identifier: str = "py3langid"  # the language of every passage (and of every answer)
-    generation_batch_size: int = 8
     retriever: RetrieverConfig = field(default_factory=RetrieverConfig)
     reranker: RerankerConfig = field(default_factory=RerankerConfig)
     translator: TranslatorConfig = field(default_factory=TranslatorConfig)
@@ -157,9 +155,6 @@ class RetrievalAugmentedGeneration(MethodBase):
         if cfg.reranker.top_n > r.top_k:
             raise ConfigError(f"method.reranker.top_n={cfg.reranker.top_n} exceeds method.retriever.top_k={r.top_k}: "
                               f"the reranker picks from the top-k")
-        for key in ("generation_batch_size",):
-            if cfg[key] < 1:
-                raise ConfigError(f"method.{key}={cfg[key]} must be at least 1")
         t = cfg.translator
         if cfg.translate and t.max_input_tokens >= t.model.max_length:
             raise ConfigError(f"method.translator.max_input_tokens={t.max_input_tokens} must be below the translator's "
@@ -189,7 +184,8 @@ class RetrievalAugmentedGeneration(MethodBase):
             pipeline = RagPipeline(self.cfg, self.generator, self.task.generator_cfg, corpus=self.task.corpus,
                                    cache=cache, cache_dir=self.task.cache_dir, max_new_tokens=self.task.max_new_tokens,
                                    stop_strings=self.task.stop_strings,
-                                   identifier=build_identifier(self.cfg.language_identifier))
+                                   identifier=build_identifier(self.task.language_identifier),
+                                   batch_size=self.task.batch_size)
             self.test_predictions = pipeline.run(trainer, self.task.examples)
         finally:
             cache.close()

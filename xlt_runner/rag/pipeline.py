@@ -106,11 +106,12 @@ class RagPipeline:
     and ``generator_cfg`` its model section; ``corpus`` the benchmark's corpus; ``cache`` the shared store."""
 
     def __init__(self, cfg: DictConfig, generator, generator_cfg, *, corpus, cache: RagCache, cache_dir: str,
-                 max_new_tokens: int, stop_strings: Sequence[str], identifier) -> None:
+                 max_new_tokens: int, stop_strings: Sequence[str], identifier, batch_size: int) -> None:
         self.cfg, self.generator, self.generator_cfg = cfg, generator, generator_cfg
         self.corpus, self.cache, self.cache_dir = corpus, cache, cache_dir
         self.max_new_tokens, self.stop_strings = max_new_tokens, list(stop_strings)
-        self.identifier = identifier
+        self.identifier = identifier  # the language of every shown passage and of every answer
+        self.batch_size = batch_size  # the generator's (benchmark.eval_batch_size)
         self.pool = ModelPool(generator_cfg, generator, cache_dir)
         self.summary: dict[str, Any] = {"timings_s": {}, "index": None}  # index: None when retrieval was all cached
         self._by_pid = {p.pid: p for p in corpus.passages}
@@ -549,7 +550,7 @@ class RagPipeline:
             details.append(entries)
         print(f"[xlt-run] rag: generating {len(prompts):,} answers with {self.generator_cfg.name}")
         outputs = self._generate_outputs(trainer, self.generator, renderer, prompts,
-                                         self.cfg.generation_batch_size, self.max_new_tokens, self.stop_strings,
+                                         self.batch_size, self.max_new_tokens, self.stop_strings,
                                          "generator")
         rows = []
         for state, entries, ids, output in zip(states, details, prompts, outputs):

@@ -42,6 +42,8 @@ class RagTask:
     generator_cfg: Any
     max_new_tokens: int
     stop_strings: list[str]
+    batch_size: int  # the generator's: benchmark.eval_batch_size
+    language_identifier: str  # benchmark.language_identifier: every shown passage's language and every answer's
     gold: dict[str, tuple[str, ...]] | None  # question id -> its gold passages in the corpus (rag_local)
     gold_missing: int = 0  # gold passages of the target languages' questions that the corpus lacks
 
@@ -141,7 +143,8 @@ class Rag(TaskKind):
                       f"gold passage is there")
         return RagTask(examples=datamodule.examples, eval_languages=targets, corpus=corpus,
                        cache_dir=self.cfg.paths.cache_dir, generator_cfg=self.cfg.model,
-                       max_new_tokens=b.max_new_tokens, stop_strings=list(b.stop_strings), gold=gold,
+                       max_new_tokens=b.max_new_tokens, stop_strings=list(b.stop_strings),
+                       batch_size=b.eval_batch_size, language_identifier=b.language_identifier, gold=gold,
                        gold_missing=len(gold_missing))
 
     def subsample_rule(self) -> dict:
