@@ -96,4 +96,5 @@ def test_rag_pipeline_bench_smoke(tmp_path, shared_cache):
     warm = runs["warm_other_generator"]["cache"]
     assert all(warm[stage]["computed"] == 0 for stage in ("retrieval", "translation", "judgement"))
     assert runs["batched_cold"]["cache"]["translation"]["computed"] > 0
-    assert set(report["ratios"]) == {"batched_cold_over_one_at_a_time", "warm_over_cold"}
+    assert set(report["ratios"]) == {"batched_cold_over_one_at_a_time", "warm_over_cold",
+                                     "batched_cold_over_one_at_a_time_cpu", "warm_over_cold_cpu"}
