@@ -72,6 +72,24 @@ def test_batch_equals_generate_one_at_a_time_at_eos_and_token_limit(tiny):
     assert {o.stop_reason for o in outputs} == {"eos", "max_new_tokens"}, "the case must exercise both"
 
 
+def test_a_per_row_token_limit_stops_each_row_where_it_would_stop_alone(tiny):
+    """``max_new_tokens`` per row (a translator's budget per passage): each row of the batch gives
+    what it gives alone with its own limit."""
+    model, tokenizer, prompts = tiny
+    limits = [1 + i % MAX_NEW_TOKENS for i in range(len(prompts))]
+    batch = PromptCollator(tokenizer.pad_token_id)([(np.asarray(p), len(p), 0, i) for i, p in enumerate(prompts)])
+    together = generate_greedy(model, tokenizer, batch["input_ids"], batch["attention_mask"], max_new_tokens=limits,
+                               stop_strings=[], eos_token_ids=[tokenizer.eos_token_id])
+    for prompt, limit, output in zip(prompts, limits, together):
+        [alone] = generate_greedy(model, tokenizer, torch.tensor([prompt]), torch.ones(1, len(prompt), dtype=torch.long),
+                                  max_new_tokens=limit, stop_strings=[], eos_token_ids=[tokenizer.eos_token_id])
+        assert output == alone and output.num_new_tokens <= limit
+    assert len(set(limits)) > 1
+    with pytest.raises(ValueError, match="once per row"):
+        generate_greedy(model, tokenizer, batch["input_ids"], batch["attention_mask"], max_new_tokens=limits[:-1],
+                        stop_strings=[], eos_token_ids=[tokenizer.eos_token_id])
+
+
 def test_batch_equals_generate_one_at_a_time_at_stop_strings(tiny):
     model, tokenizer, prompts = tiny
     # every continuation starts with "ի", which must not stop it (nothing before it); "ური" comes later

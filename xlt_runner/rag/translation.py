@@ -542,8 +542,9 @@ class LlmTranslator(_Translator):
             input_ids[row, width - len(prompt):] = torch.tensor(prompt)
             attention_mask[row, width - len(prompt):] = 1
         device = _model_device(self.model)
+        # each row stops at its own budget, as it would alone: no row runs past it (no regeneration)
         outputs = generate_greedy(self.model, self.tokenizer, input_ids.to(device), attention_mask.to(device),
-                                  max_new_tokens=max_new_tokens, stop_strings=list(self.cfg.stop_strings),
+                                  max_new_tokens=[budgets[i] for i in rows], stop_strings=list(self.cfg.stop_strings),
                                   eos_token_ids=self.prompt_format.stop_token_ids)
         over_budget = []
         for i, output in zip(rows, outputs):
