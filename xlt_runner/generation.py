@@ -122,6 +122,18 @@ def generate_greedy(model, tokenizer, input_ids: torch.Tensor, attention_mask: t
         next_position = next_position + 1
 
 
+def left_pad(prompts: Sequence[Sequence[int]], pad_token_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(input_ids, attention_mask)`` of ``prompts`` (token id lists) padded on the LEFT to the
+    longest, as :func:`generate_greedy` takes them, on ``device``."""
+    width = max(len(p) for p in prompts)
+    input_ids = torch.full((len(prompts), width), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        input_ids[row, width - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
+        attention_mask[row, width - len(prompt):] = 1
+    return input_ids.to(device), attention_mask.to(device)
+
+
 class _PreallocatedLayer(DynamicLayer):
     """A :class:`DynamicLayer` whose keys and values are views of buffers allocated for
     ``capacity`` positions: a decode step writes its position in place, where ``DynamicLayer``

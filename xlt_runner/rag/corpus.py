@@ -61,7 +61,25 @@ class Corpus:
         return dict(Counter(p.lang for p in self.passages).most_common())
 
 
+#: Corpora read in this process, by what they were read from (a run fingerprints its data and
+#: then retrieves from the same corpus: one read).
+_READ: dict[tuple, Corpus] = {}
+
+
 def load_corpus(cfg: CorpusConfig, key: str = "benchmark.corpus") -> Corpus:
+    """The corpus ``cfg`` describes (read once per process while its file is unchanged: the key
+    holds the file's size and modification time); see :func:`read_corpus`."""
+    sources = (cfg.path, cfg.hub_id, cfg.hub_config, cfg.hub_split, cfg.hub_revision,
+               None if cfg.languages is None else tuple(cfg.languages), cfg.max_passages)
+    path = Path(cfg.path).expanduser() if cfg.path else None
+    stat = path.stat() if path is not None and path.is_file() else None
+    memo = (sources, (stat.st_size, stat.st_mtime_ns) if stat else None)
+    if memo not in _READ:
+        _READ[memo] = read_corpus(cfg, key)
+    return _READ[memo]
+
+
+def read_corpus(cfg: CorpusConfig, key: str = "benchmark.corpus") -> Corpus:
     """The corpus ``cfg`` describes; ``key`` is its place in the run config, for messages.
 
     Raises ConfigError when no source is set or a filter is empty, and BenchmarkDataError for a

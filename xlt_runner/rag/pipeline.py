@@ -87,16 +87,6 @@ class QueryState:
     top_k: list[str] = field(default_factory=list)  # pids of the top-k dense candidates
 
 
-def _left_pad(rows: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
-        mask[i, width - len(row):] = 1
-    return ids.to(device), mask.to(device)
-
-
 def _device(model) -> torch.device:
     return next(model.parameters()).device
 
@@ -164,14 +154,11 @@ class RagPipeline:
             state.retrieved, state.top_k = value["shown"], value["top_k"]
 
     def _retrieve_uncached(self, trainer, questions: list[str]) -> list[dict]:
-        from xlt_runner.rag.retrieval import ExactIndex, encode_texts, query_input
+        from xlt_runner.rag.retrieval import ExactIndex, query_input
         r = self.cfg.retriever
         encoder = self.pool.get(r.model, "retriever")
         embeddings = self._corpus_embeddings(trainer, encoder)
-        step = lambda texts: list(encode_texts(encoder.model, encoder.tokenizer, texts, pooling=r.model.pooling,
-                                               normalize=r.normalize, max_length=r.model.max_length).cpu())
-        queries = predict_items(trainer, BatchPredictor({"encoder": encoder.model}, step),
-                                [query_input(q, r.query_prefix) for q in questions], batch_size=r.batch_size, length=len)
+        queries = self._encode(trainer, encoder, [query_input(q, r.query_prefix) for q in questions])
         index = ExactIndex(embeddings, backend=r.index)
         scores, indices = index.search(torch.stack(queries), min(r.top_k, len(self.corpus.passages)))
         candidates = [[(self.corpus.passages[j].pid, float(s)) for s, j in zip(row_s.tolist(), row_i.tolist())]
@@ -191,8 +178,7 @@ class RagPipeline:
     def _corpus_embeddings(self, trainer, encoder) -> torch.Tensor:
         """The corpus' passage embeddings: from ``<cache_dir>/rag_index/<key>.safetensors``, or encoded
         (in the predict loop) and saved there."""
-        from xlt_runner.rag.retrieval import (encode_texts, index_key, index_path, load_embeddings, passage_input,
-                                              save_embeddings)
+        from xlt_runner.rag.retrieval import index_key, index_path, load_embeddings, passage_input, save_embeddings
         r = self.cfg.retriever
         key = index_key(self.corpus.fingerprint, r, encoder.source)
         path = index_path(self.cache_dir, key)
@@ -202,17 +188,22 @@ class RagPipeline:
         if loaded is not None:
             return loaded[0]
         start = time.perf_counter()
-        step = lambda texts: list(encode_texts(encoder.model, encoder.tokenizer, texts, pooling=r.model.pooling,
-                                               normalize=r.normalize, max_length=r.model.max_length).cpu())
         texts = [passage_input(p, r.passage_prefix) for p in self.corpus.passages]
         print(f"[xlt-run] rag: encoding {len(texts):,} passages with {r.model.name} (once per corpus and encoder)")
-        rows = predict_items(trainer, BatchPredictor({"encoder": encoder.model}, step), texts,
-                             batch_size=r.batch_size, length=len)
-        embeddings = torch.stack(rows)
+        embeddings = torch.stack(self._encode(trainer, encoder, texts))
         if trainer.is_global_zero:
             save_embeddings(path, embeddings, {"corpus": self.corpus.fingerprint, "encoder": r.model.name})
         self.summary["index"]["build_s"] = round(time.perf_counter() - start, 3)
         return embeddings
+
+    def _encode(self, trainer, encoder, texts: list[str]) -> list[torch.Tensor]:
+        """The retriever's vector of each text (CPU), encoded in the predict loop."""
+        from xlt_runner.rag.retrieval import encode_texts
+        r = self.cfg.retriever
+        step = lambda batch: list(encode_texts(encoder.model, encoder.tokenizer, batch, pooling=r.model.pooling,
+                                               normalize=r.normalize, max_length=r.model.max_length).cpu())
+        return predict_items(trainer, BatchPredictor({"encoder": encoder.model}, step), texts, batch_size=r.batch_size,
+                             length=len)
 
     def _rerank(self, trainer, questions: list[str], candidates: list[list[tuple[str, float]]]) -> list[list[float]]:
         from xlt_runner.rag.retrieval import rerank_scores
@@ -359,6 +350,7 @@ class RagPipeline:
         return out
 
     def _judge_uncached(self, trainer, todo: dict[str, tuple[str, str, str, str]]) -> dict[str, dict]:
+        from xlt_runner.generation import left_pad
         from xlt_runner.rag.judging import CRITERIA, expected_digit_score, parse_judgement
         from xlt_runner.rag.prompting import MessageRenderer, fill, localized
         from xlt_runner.rag.translation import language_name
@@ -404,7 +396,7 @@ class RagPipeline:
         pad = tokenizer.pad_token_id
 
         def step(batch: list[list[int]]) -> list[float]:
-            ids, mask = _left_pad(batch, pad, _device(model))
+            ids, mask = left_pad(batch, pad, _device(model))
             with torch.inference_mode():
                 position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
                 logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids,
@@ -464,12 +456,12 @@ class RagPipeline:
                           on_batch=None):
         """Greedy answers to ``prompts`` (token ids); ``on_batch(indices, [(text, new tokens, stop
         reason)])`` after every batch (see :func:`~xlt_runner.rag.predict.predict_items`)."""
-        from xlt_runner.generation import GenerationOutput, generate_greedy
+        from xlt_runner.generation import GenerationOutput, generate_greedy, left_pad
         model, tokenizer = backbone.model, backbone.tokenizer
         limit = getattr(model.config, "max_position_embeddings", None)
 
         def step(batch: list[list[int]]) -> list[tuple]:  # plain tuples: Lightning refuses frozen dataclasses
-            ids, mask = _left_pad(batch, tokenizer.pad_token_id, _device(model))
+            ids, mask = left_pad(batch, tokenizer.pad_token_id, _device(model))
             outputs = generate_greedy(model, tokenizer, ids, mask, max_new_tokens=max_new_tokens,
                                       stop_strings=stop_strings, eos_token_ids=renderer.stop_token_ids)
             return [(o.text, o.num_new_tokens, o.stop_reason) for o in outputs]

@@ -532,18 +532,12 @@ class LlmTranslator(_Translator):
                                                         target_language=language_name(target), text=text))
 
     def _generate_rows(self, items, rows, budgets, max_new_tokens, results):
-        from xlt_runner.generation import generate_greedy
+        from xlt_runner.generation import generate_greedy, left_pad
 
         prompts = [self.prompt_format.prompt_ids(self.prompt_text(*items[i])) for i in rows]
-        width = max(len(p) for p in prompts)
-        input_ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for row, prompt in enumerate(prompts):
-            input_ids[row, width - len(prompt):] = torch.tensor(prompt)
-            attention_mask[row, width - len(prompt):] = 1
-        device = _model_device(self.model)
+        input_ids, attention_mask = left_pad(prompts, self.tokenizer.pad_token_id, _model_device(self.model))
         # each row stops at its own budget, as it would alone: no row runs past it (no regeneration)
-        outputs = generate_greedy(self.model, self.tokenizer, input_ids.to(device), attention_mask.to(device),
+        outputs = generate_greedy(self.model, self.tokenizer, input_ids, attention_mask,
                                   max_new_tokens=[budgets[i] for i in rows], stop_strings=list(self.cfg.stop_strings),
                                   eos_token_ids=self.prompt_format.stop_token_ids)
         over_budget = []

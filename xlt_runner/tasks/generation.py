@@ -64,15 +64,9 @@ class Generation(TaskKind):
     @classmethod
     def check_config(cls, cfg) -> None:
         from xlt_runner.data.generation import check_prompt_config
-        from xlt_runner.metrics.language_id import IDENTIFIERS
-        from xlt_runner.config import ConfigError
         super().check_config(cfg)
         check_prompt_config(cfg.model, training=True)
-        if cfg.benchmark.language_identifier not in IDENTIFIERS:
-            raise ConfigError(f"benchmark.language_identifier={cfg.benchmark.language_identifier!r} is not known; "
-                              f"choose one of: {', '.join(IDENTIFIERS)}")
-        if cfg.benchmark.max_new_tokens < 1:
-            raise ConfigError(f"benchmark.max_new_tokens={cfg.benchmark.max_new_tokens} must be at least 1")
+        check_answer_settings(cfg.benchmark)
 
     def __init__(self, cfg, benchmark, backbone) -> None:
         from xlt_runner.data.generation import PromptFormat
@@ -137,6 +131,18 @@ class Generation(TaskKind):
             write_json_atomic(Path(run_dir) / PARALLEL_REFERENCES_FILE, references)
             outputs["parallel_references"] = PARALLEL_REFERENCES_FILE
         return outputs
+
+
+def check_answer_settings(benchmark) -> None:
+    """``benchmark.language_identifier`` is known and ``benchmark.max_new_tokens`` at least 1
+    (the benchmarks judged by generated answers)."""
+    from xlt_runner.config import ConfigError
+    from xlt_runner.metrics.language_id import IDENTIFIERS
+    if benchmark.language_identifier not in IDENTIFIERS:
+        raise ConfigError(f"benchmark.language_identifier={benchmark.language_identifier!r} is not known; "
+                          f"choose one of: {', '.join(IDENTIFIERS)}")
+    if benchmark.max_new_tokens < 1:
+        raise ConfigError(f"benchmark.max_new_tokens={benchmark.max_new_tokens} must be at least 1")
 
 
 #: Every language's gold answers to a run's test questions (language -> id -> answers), so that

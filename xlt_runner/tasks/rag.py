@@ -95,7 +95,7 @@ class Rag(TaskKind):
 
     @classmethod
     def check_config(cls, cfg) -> None:
-        from xlt_runner.metrics.language_id import IDENTIFIERS
+        from xlt_runner.tasks.generation import check_answer_settings
         if cfg.model.kind not in cls.model_kinds:
             raise ConfigError(f"benchmark={cfg.benchmark.name} is a rag benchmark: its generator (model=) must be a "
                               f"decoder; model={cfg.model.name} is {cfg.model.kind} (model.kind)")
@@ -105,11 +105,7 @@ class Rag(TaskKind):
         if "fit" in cfg.regime.stages and list(cfg.regime.stages) != ["fit", "test"] or "test" not in cfg.regime.stages:
             raise ConfigError(f"regime={cfg.regime.name} runs stages {list(cfg.regime.stages)}; rag runs use "
                               f"regime=zero_shot (fit is skipped: nothing trains; test runs the pipeline)")
-        if cfg.benchmark.language_identifier not in IDENTIFIERS:
-            raise ConfigError(f"benchmark.language_identifier={cfg.benchmark.language_identifier!r} is not known; "
-                              f"choose one of: {', '.join(IDENTIFIERS)}")
-        if cfg.benchmark.max_new_tokens < 1:
-            raise ConfigError(f"benchmark.max_new_tokens={cfg.benchmark.max_new_tokens} must be at least 1")
+        check_answer_settings(cfg.benchmark)
         if cfg.model.max_length <= cfg.benchmark.max_new_tokens:
             raise ConfigError(f"model.max_length={cfg.model.max_length} leaves no room for the prompt after "
                               f"benchmark.max_new_tokens={cfg.benchmark.max_new_tokens}")
