@@ -13,6 +13,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from xlt_runner.config import ConfigError, ModelConfig
@@ -21,7 +22,7 @@ from xlt_runner.methods.rag import HardFilterConfig, RagConfig
 from xlt_runner.rag.cache import RagCache
 from xlt_runner.rag.corpus import CorpusConfig, load_corpus
 from xlt_runner.rag.judging import CRITERIA
-from xlt_runner.rag.pipeline import QueryState, RagPipeline
+from xlt_runner.rag.pipeline import ModelPool, QueryState, RagPipeline
 from xlt_runner.rag.prompting import MessageRenderer, ShownPassage, fill, generator_prompt, localized
 
 from conftest import REPO, find_records, run_cli
@@ -49,9 +50,10 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 
 def rag_args(data: Path, out: Path, cache: Path) -> list[str]:
-    """Tiny random models for every stage. The translator, judge and rewriter differ from the
-    generator (and each other) in max_length only, so each is loaded as its own model and shows up
-    in ``models_loaded``. Translations and judgements are kept short (a few new tokens) for speed."""
+    """Tiny random models for every stage. The translator, judge and rewriter are loaded in
+    bfloat16, the generator in float32: other weights, so each stage model is loaded by the run
+    that needs it and shows up in ``models_loaded``. Translations and judgements are kept short (a
+    few new tokens) for speed."""
     return ["benchmark=rag_local", "model=tiny_llama", "languages=rag_paper", "languages.targets=[ko,zh,en]",
             f"benchmark.queries_path={data / 'queries.jsonl'}", f"benchmark.corpus.path={data / 'passages.jsonl'}",
             "model.max_length=1024", "benchmark.max_new_tokens=2",
@@ -59,9 +61,9 @@ def rag_args(data: Path, out: Path, cache: Path) -> list[str]:
             "model@method.judge.model=tiny_llama", "model@method.rewriter.model=tiny_llama",
             "method.retriever.top_k=4", "method.reranker.top_n=2",
             "method.translator.max_input_tokens=32", "method.translator.max_new_tokens_ratio=0.25",
-            "method.translator.max_new_tokens_extra=2", "method.translator.model.max_length=1000",
-            "method.judge.model.max_length=1010", "method.judge.max_new_tokens=4",
-            "method.rewriter.model.max_length=1020", "method.rewriter.max_new_tokens=4",
+            "method.translator.max_new_tokens_extra=2", "method.judge.max_new_tokens=4", "method.rewriter.max_new_tokens=4",
+            *(f"method.{stage}.model.{key}" for stage in ("translator", "judge", "rewriter")
+              for key in ("max_length=1024", "dtype=bfloat16")),
             "logger=none", f"paths.output_root={out}", f"paths.cache_dir={cache}"]
 
 
@@ -245,6 +247,19 @@ def pipeline(tmp_path, rows, cfg=None, *, generator=None, generator_cfg=None, ca
                        generator_cfg if generator_cfg is not None else model_cfg("tiny_llama"),
                        corpus=corpus_of(tmp_path, rows), cache=cache or RagCache(None), cache_dir=str(tmp_path),
                        max_new_tokens=1, stop_strings=["\n"], identifier=build_identifier("py3langid"), batch_size=2)
+
+
+def test_stage_models_with_the_generators_weights_share_it_whatever_their_length_or_format(tiny_llama):
+    """A judge or translator with the generator's weights but its own max_length and prompt format
+    uses the loaded generator; other weights (dtype) are loaded once and then shared too."""
+    pool = ModelPool(model_cfg("tiny_llama", max_length=1024), tiny_llama, "unused")
+    assert pool.get(model_cfg("tiny_llama", max_length=2048, format="chat"), "judge") is tiny_llama
+    assert pool.loaded == []
+    bf16 = pool.get(model_cfg("tiny_llama", dtype="bfloat16"), "translator")
+    assert bf16 is not tiny_llama
+    assert next(bf16.model.parameters()).dtype == torch.bfloat16
+    assert pool.get(model_cfg("tiny_llama", dtype="bfloat16", max_length=512), "rewriter") is bf16
+    assert pool.loaded == ["translator:tiny_llama"]
 
 
 def state(iso: str, pids: list[str], question: str = "Question?") -> QueryState:
@@ -433,7 +448,7 @@ def test_a_passage_longer_than_the_translator_limit_is_split_and_rejoined_whole(
     limit = 16
     text = " ".join(f"Sentence number {i} says a little more." for i in range(25))
     rows = [{"pid": "en-1", "lang": "en", "title": "A title", "text": text}]
-    cfg = method_cfg("crossrag", translator={"model": model_cfg("tiny_llama", max_length=512),
+    cfg = method_cfg("crossrag", translator={"model": model_cfg("tiny_llama", max_length=512, dtype="bfloat16"),
                                              "max_input_tokens": limit})
     cache = RagCache(tmp_path / "c.sqlite")
     rag = pipeline(tmp_path, rows, cfg, cache=cache)

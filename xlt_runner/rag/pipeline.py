@@ -38,26 +38,39 @@ JUDGEMENT, REWRITE = "judgement", "rewrite"
 CACHE_VERSION = 1
 
 
-def model_identity(model_cfg) -> dict[str, Any]:
-    """What determines a stage model's outputs besides its inputs: its source, dtype and prompt format."""
+def _model_fields(model_cfg, keys: Sequence[str]) -> dict[str, Any]:
     data = OmegaConf.to_container(OmegaConf.create(model_cfg), resolve=True) if not isinstance(model_cfg, dict) else model_cfg
-    keys = ("kind", "pretrained", "gguf_file", "packaged", "tiny", "revision", "dtype", "format", "template",
-            "max_length", "pooling")
     return {k: data.get(k) for k in keys}
 
 
+#: What a loaded model is: the weights' source, their dtype and how the loader builds the model.
+WEIGHT_FIELDS = ("kind", "pretrained", "gguf_file", "packaged", "tiny", "revision", "dtype", "trust_remote_code")
+
+
+def model_identity(model_cfg) -> dict[str, Any]:
+    """What determines a stage model's outputs besides its inputs (part of every cache key): its
+    source, dtype, prompt format, input length limit and pooling."""
+    return _model_fields(model_cfg, ("kind", "pretrained", "gguf_file", "packaged", "tiny", "revision", "dtype",
+                                     "format", "template", "max_length", "pooling"))
+
+
 class ModelPool:
-    """Stage models, loaded on first use and shared: a stage whose model config equals the
-    generator's (or another stage's) uses the same loaded model. ``loaded`` lists what was loaded."""
+    """Stage models, loaded on first use and shared: a stage whose model has the generator's (or
+    another stage's) weights (:data:`WEIGHT_FIELDS`) uses the same loaded model, whatever its
+    ``max_length``, prompt format or pooling (each stage applies its own). ``loaded`` lists what was loaded."""
 
     def __init__(self, generator_cfg, generator, cache_dir: str) -> None:
         self.cache_dir = cache_dir
-        self._models: dict[str, Any] = {json.dumps(model_identity(generator_cfg), sort_keys=True): generator}
+        self._models: dict[str, Any] = {self._key(generator_cfg): generator}
         self.loaded: list[str] = []
+
+    @staticmethod
+    def _key(model_cfg) -> str:
+        return json.dumps(_model_fields(model_cfg, WEIGHT_FIELDS), sort_keys=True)
 
     def get(self, model_cfg, role: str):
         from xlt_runner.models import load_backbone
-        key = json.dumps(model_identity(model_cfg), sort_keys=True)
+        key = self._key(model_cfg)
         if key not in self._models:
             print(f"[xlt-run] rag: loading the {role} model {model_cfg.name}")
             self._models[key] = load_backbone(model_cfg, self.cache_dir)
@@ -66,7 +79,7 @@ class ModelPool:
 
     def cross_encoder(self, model_cfg):
         """A reranker: ``AutoModelForSequenceClassification`` from ``model.pretrained`` (hub id or directory)."""
-        key = "cross-encoder:" + json.dumps(model_identity(model_cfg), sort_keys=True)
+        key = "cross-encoder:" + self._key(model_cfg)
         if key not in self._models:
             from transformers import AutoModelForSequenceClassification, AutoTokenizer
             if not model_cfg.pretrained:
