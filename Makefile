@@ -23,8 +23,8 @@ demo: $(STAMP)
 	$(BIN)/xlt-report $(DEMO_DIR) && \
 	echo "demo wall time: $$(( $$(date +%s) - start )) s"
 
-test: $(STAMP)
-	$(BIN)/python -m pytest -q
+test: $(STAMP)  # the 25 slowest tests are listed at the end: the suite's time budget is about 20 minutes
+	$(BIN)/python -m pytest -q --durations=25
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
