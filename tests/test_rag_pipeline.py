@@ -467,3 +467,51 @@ def test_a_passage_longer_than_the_translator_limit_is_split_and_rejoined_whole(
     assert again.translate(trainer, [state("fi", ["en-1"])], {"en-1": "en"}) == out
     assert chunks == [] and again.pool.loaded == []
     cache.close()
+
+
+# ------------------------------------------------------------------ judge, logprob mode (packaged)
+@pytest.mark.slow
+def test_logprob_judge_stores_each_batch_so_a_killed_run_judges_only_the_rest(tmp_path, trainer, monkeypatch):
+    """``judge.mode=logprob`` on SmolLM2-135M-Instruct (its digits are single tokens; the tiny
+    Llama's are not): three scores in [0, 5] per translation, stored batch by batch, so a run
+    killed in its second batch leaves the first translation's verdict and a rerun judges only the
+    other two, ending equal to an undisturbed run."""
+    import importlib.util
+    from xlt_runner.models import load_backbone
+    from xlt_runner.models.packaged import PACKAGED_MODELS
+    from xlt_runner.rag import judging
+    if importlib.util.find_spec(PACKAGED_MODELS["smollm2_135m"].package) is None:
+        pytest.skip('needs the packaged SmolLM2 (pip install -e ".[offline]")')
+    smol_cfg = model_cfg("smollm2_135m")
+    smol = load_backbone(smol_cfg, str(tmp_path / "models"))
+    texts = ["The cat sleeps on the warm stove.", "Rain is expected in Helsinki tomorrow morning.",
+             "The museum opens at nine."]
+    rows = [{"pid": f"en-{i}", "lang": "en", "title": f"T{i}", "text": t} for i, t in enumerate(texts)]
+    translations = {(f"en-{i}", "fi"): {"title": f"T{i}", "text": f"Suomeksi: {t}", "source": "en"}
+                    for i, t in enumerate(texts)}
+    cfg = method_cfg("qtt_rag", judge={"model": smol_cfg, "mode": "logprob", "batch_size": 1})
+    run = lambda name: pipeline(tmp_path / name, rows, cfg, generator=smol, generator_cfg=smol_cfg,
+                                cache=RagCache(tmp_path / f"{name}.sqlite"))
+    (tmp_path / "full").mkdir(), (tmp_path / "killed").mkdir()
+    undisturbed = run("full")
+    full = undisturbed.judge(trainer, translations)
+    assert undisturbed.pool.loaded == []  # the judge is the generator's weights: not loaded again
+    for verdict in full.values():
+        assert verdict["raw"] is None and sorted(verdict["scores"]) == sorted(CRITERIA)
+        assert all(0.0 <= v <= 5.0 for v in verdict["scores"].values())
+
+    real, calls = judging.expected_digit_score, []
+    def killed_in_second_batch(logits):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("killed")
+        return real(logits)
+    monkeypatch.setattr(judging, "expected_digit_score", killed_in_second_batch)
+    with pytest.raises(RuntimeError, match="killed"):
+        run("killed").judge(trainer, translations)
+    monkeypatch.undo()
+    with sqlite3.connect(tmp_path / "killed.sqlite") as db:
+        assert db.execute("SELECT COUNT(*) FROM entries WHERE stage = 'judgement'").fetchone() == (1,)
+    rerun = run("killed")
+    assert rerun.judge(trainer, translations) == full
+    assert rerun.summary["judgement"] == {"judged": 3, "failures": 0, "computed": 2}

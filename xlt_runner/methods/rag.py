@@ -43,8 +43,9 @@ class JudgeConfig:
     (:data:`xlt_runner.rag.judging.CRITERIA`). ``mode``: ``generate`` (greedy JSON answer, parsed
     with repair; an answer without scores is a counted failure) or ``logprob`` (per criterion, the
     expectation of the next-token distribution over the digits 0-5: never fails). Source and
-    translation are each cut to ``max_text_tokens`` judge tokens in its prompt. ``prompts``:
-    ``conf/rag_prompts/judge.yaml``."""
+    translation are each cut to ``max_text_tokens`` judge tokens in its prompt. ``batch_size``:
+    translations per batch (in ``logprob`` mode, three prompts each). Verdicts are stored in the
+    cache batch by batch in both modes. ``prompts``: ``conf/rag_prompts/judge.yaml``."""
     model: ModelConfig = field(default_factory=_smollm2)
     mode: str = "generate"
     batch_size: int = 8

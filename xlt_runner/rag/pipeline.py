@@ -399,30 +399,31 @@ class RagPipeline:
                 raise ConfigError(f"method.judge.mode=logprob needs the digits 0-5 to be single tokens; the tokenizer "
                                   f"of {j.model.name} splits {d!r} into {ids}. Use method.judge.mode=generate")
             digits.append(ids[0])
-        items = []
-        for k in keys:
+
+        def criteria_prompts(k: str) -> list[list[int]]:
             template = localized(j.prompts["logprob"], todo[k][3], "method.judge.prompts.logprob")
-            for criterion in CRITERIA:
-                description = fill(j.prompts["criteria"][criterion], target_language=language_name(todo[k][3]))
-                items.append(renderer.ids(None, fill(prompt(*todo[k], template), criterion=description)))
+            return [renderer.ids(None, fill(prompt(*todo[k], template), criterion=fill(
+                        j.prompts["criteria"][criterion], target_language=language_name(todo[k][3]))))
+                    for criterion in CRITERIA]
+
         model = backbone.model
         pad = tokenizer.pad_token_id
 
-        def step(batch: list[list[int]]) -> list[float]:
-            ids, mask = left_pad(batch, pad, _device(model))
+        def step(batch: list[list[list[int]]]) -> list[dict]:
+            """One item is one translation's three criterion prompts: its verdict is whole in one
+            batch (and on one rank), so it is stored with the batch."""
+            ids, mask = left_pad([p for item in batch for p in item], pad, _device(model))
             with torch.inference_mode():
                 position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
                 logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids,
                                logits_to_keep=1).logits[:, -1, :]
-            return expected_digit_score(logits[:, digits].float()).cpu().tolist()
+            values = expected_digit_score(logits[:, digits].float()).cpu().view(len(batch), len(CRITERIA)).tolist()
+            return [{"scores": {c: round(float(v), 4) for c, v in zip(CRITERIA, row)}, "raw": None} for row in values]
 
-        values = predict_items(trainer, BatchPredictor({"judge": model}, step), items, batch_size=j.batch_size, length=len)
-        out = {}
-        for n, k in enumerate(keys):
-            scores = dict(zip(CRITERIA, values[n * len(CRITERIA):(n + 1) * len(CRITERIA)]))
-            out[k] = {"scores": {c: round(float(v), 4) for c, v in scores.items()}, "raw": None}
-        self.cache.put_many(JUDGEMENT, out)  # a translation's three criteria may span batches: stored at the end
-        return out
+        store = lambda indices, outputs: self.cache.put_many(JUDGEMENT, {keys[i]: v for i, v in zip(indices, outputs)})
+        values = predict_items(trainer, BatchPredictor({"judge": model}, step), [criteria_prompts(k) for k in keys],
+                               batch_size=j.batch_size, length=lambda item: max(map(len, item)), on_batch=store)
+        return dict(zip(keys, values))
 
     # --------------------------------------------------------------------- rewriting
     def rewrite_passages(self, trainer, states, languages, translations) -> dict[tuple[str, str], str]:
