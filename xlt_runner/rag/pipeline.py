@@ -401,9 +401,9 @@ class RagPipeline:
             digits.append(ids[0])
 
         def criteria_prompts(k: str) -> list[list[int]]:
-            template = localized(j.prompts["logprob"], todo[k][3], "method.judge.prompts.logprob")
-            return [renderer.ids(None, fill(prompt(*todo[k], template), criterion=fill(
-                        j.prompts["criteria"][criterion], target_language=language_name(todo[k][3]))))
+            text = prompt(*todo[k], localized(j.prompts["logprob"], todo[k][3], "method.judge.prompts.logprob"))
+            return [renderer.ids(None, fill(text, criterion=fill(j.prompts["criteria"][criterion],
+                                                                 target_language=language_name(todo[k][3]))))
                     for criterion in CRITERIA]
 
         model = backbone.model
